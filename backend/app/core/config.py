@@ -1,0 +1,142 @@
+import json
+import secrets
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AnyUrl,
+    BeforeValidator,
+    EmailStr,
+    Field,
+    HttpUrl,
+    computed_field,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy import URL, make_url
+
+BACKEND_DIR = Path(__file__).resolve().parents[2]
+PLACEHOLDER_SECRET = "changethis"
+
+
+def parse_cors(value: Any) -> list[str] | Any:
+    """Accept a JSON list or a comma-separated string."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        return json.loads(value)
+    if isinstance(value, str):
+        return [origin.strip() for origin in value.split(",") if origin.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        # The top-level .env, shared with docker compose; real env vars win.
+        env_file=BACKEND_DIR.parent / ".env",
+        env_ignore_empty=True,
+        extra="ignore",
+    )
+
+    # General
+    ENVIRONMENT: Literal["local", "staging", "production"] = "local"
+    PROJECT_NAME: str = "FastAPI SQLModel Backend"
+    API_V1_STR: str = "/api/v1"
+    FRONTEND_HOST: str = "http://localhost:5173"
+    BACKEND_CORS_ORIGINS: Annotated[
+        list[AnyUrl] | str, NoDecode, BeforeValidator(parse_cors)
+    ] = []
+    LOG_LEVEL: str = "INFO"
+    MAX_PAGE_SIZE: int = Field(default=100, ge=1)
+    SENTRY_DSN: HttpUrl | None = None
+
+    # Auth. SECRET_KEY has no default: outside local it must be set.
+    SECRET_KEY: str = ""
+    ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(default=60 * 24 * 8, ge=1)
+    PASSWORD_HASH_CONCURRENCY: int = Field(default=4, ge=1)
+
+    # Database: DATABASE_URL wins, else POSTGRES_* when POSTGRES_SERVER is set,
+    # else an embedded SQLite file so a local run needs no server.
+    DATABASE_URL: str | None = None
+    POSTGRES_SERVER: str | None = None
+    POSTGRES_PORT: int = 5432
+    POSTGRES_USER: str = "postgres"
+    POSTGRES_PASSWORD: str = ""
+    POSTGRES_DB: str = "app"
+    SQLITE_PATH: Path = BACKEND_DIR / "app.db"
+    DB_POOL_SIZE: int = Field(default=10, ge=1)
+    DB_MAX_OVERFLOW: int = Field(default=10, ge=0)
+    DB_POOL_TIMEOUT: float = Field(default=10.0, gt=0)
+    DB_POOL_RECYCLE: int = 1800
+    DB_POOL_PRE_PING: bool = True
+    DB_STATEMENT_TIMEOUT_MS: int = Field(default=15_000, ge=0)
+
+    # First superuser, created by prestart / `manage.py initdb`
+    FIRST_SUPERUSER: EmailStr = "admin@example.com"
+    FIRST_SUPERUSER_PASSWORD: str = PLACEHOLDER_SECRET
+
+    # Email
+    SMTP_HOST: str | None = None
+    SMTP_PORT: int = 587
+    SMTP_USER: str | None = None
+    SMTP_PASSWORD: str | None = None
+    SMTP_TLS: bool = True
+    SMTP_SSL: bool = False
+    SMTP_TIMEOUT: float = Field(default=10.0, gt=0)
+    EMAILS_FROM_EMAIL: EmailStr | None = None
+    EMAILS_FROM_NAME: str | None = None
+    EMAIL_RESET_TOKEN_EXPIRE_HOURS: int = Field(default=48, ge=1)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def all_cors_origins(self) -> list[str]:
+        origins = [str(origin).rstrip("/") for origin in self.BACKEND_CORS_ORIGINS]
+        return [*origins, self.FRONTEND_HOST.rstrip("/")]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def SQLALCHEMY_DATABASE_URI(self) -> URL:
+        if self.DATABASE_URL:
+            url = make_url(self.DATABASE_URL)
+            if url.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+                url = url.set(drivername="postgresql+psycopg")
+            if url.drivername == "sqlite":
+                url = url.set(drivername="sqlite+aiosqlite")
+            return url
+        if self.POSTGRES_SERVER:
+            return URL.create(
+                "postgresql+psycopg",
+                username=self.POSTGRES_USER,
+                password=self.POSTGRES_PASSWORD or None,
+                host=self.POSTGRES_SERVER,
+                port=self.POSTGRES_PORT,
+                database=self.POSTGRES_DB,
+            )
+        return URL.create("sqlite+aiosqlite", database=str(self.SQLITE_PATH))
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def emails_enabled(self) -> bool:
+        return bool(self.SMTP_HOST and self.EMAILS_FROM_EMAIL)
+
+    @model_validator(mode="after")
+    def _enforce_secrets(self) -> Self:
+        if not self.EMAILS_FROM_NAME:
+            self.EMAILS_FROM_NAME = self.PROJECT_NAME
+        for name in ("SECRET_KEY", "FIRST_SUPERUSER_PASSWORD", "POSTGRES_PASSWORD"):
+            if getattr(self, name) != PLACEHOLDER_SECRET:
+                continue
+            message = f'{name} is "{PLACEHOLDER_SECRET}"; change it, at least for deployments.'
+            if self.ENVIRONMENT != "local":
+                raise ValueError(message)
+            warnings.warn(message, stacklevel=1)
+        if not self.SECRET_KEY:
+            if self.ENVIRONMENT != "local":
+                raise ValueError("SECRET_KEY must be set outside local development.")
+            # A per-process key: tokens do not survive restarts in local runs.
+            self.SECRET_KEY = secrets.token_urlsafe(32)
+        elif self.ENVIRONMENT != "local" and len(self.SECRET_KEY) < 32:
+            raise ValueError("SECRET_KEY must be at least 32 characters long.")
+        return self
+
+
+settings = Settings()

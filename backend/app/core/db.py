@@ -1,0 +1,58 @@
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import URL, event
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.core.config import settings
+
+
+def create_engine(url: URL) -> AsyncEngine:
+    if url.get_backend_name() == "sqlite":
+        return _create_sqlite_engine(url)
+    connect_args: dict[str, Any] = {}
+    if settings.DB_STATEMENT_TIMEOUT_MS:
+        connect_args["options"] = (
+            f"-c statement_timeout={settings.DB_STATEMENT_TIMEOUT_MS}"
+        )
+    return create_async_engine(
+        url,
+        pool_size=settings.DB_POOL_SIZE,
+        max_overflow=settings.DB_MAX_OVERFLOW,
+        pool_timeout=settings.DB_POOL_TIMEOUT,
+        pool_recycle=settings.DB_POOL_RECYCLE,
+        pool_pre_ping=settings.DB_POOL_PRE_PING,
+        connect_args=connect_args,
+    )
+
+
+def _create_sqlite_engine(url: URL) -> AsyncEngine:
+    engine = create_async_engine(url, connect_args={"timeout": 30})
+
+    # pysqlite's own transaction handling breaks SAVEPOINTs and ignores
+    # foreign keys; take over BEGIN and switch foreign keys on (SQLAlchemy docs).
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+engine = create_engine(settings.SQLALCHEMY_DATABASE_URI)
+session_factory = async_sessionmaker(
+    engine, class_=AsyncSession, expire_on_commit=False
+)
+
+
+async def get_db() -> AsyncIterator[AsyncSession]:
+    async with session_factory() as session:
+        yield session

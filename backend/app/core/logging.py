@@ -1,0 +1,99 @@
+"""One logging setup: readable lines locally, JSON lines elsewhere, a request id on each."""
+
+import json
+import logging
+import logging.config
+import re
+import uuid
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(*, json_lines: bool, level: str = "INFO") -> None:
+    formatter: dict[str, Any] = (
+        {"()": JsonFormatter}
+        if json_lines
+        else {
+            "format": "%(asctime)s %(levelname)-5s [%(request_id)s] %(name)s: %(message)s"
+        }
+    )
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "filters": {"request_id": {"()": RequestIdFilter}},
+            "formatters": {"default": formatter},
+            "handlers": {
+                "default": {
+                    "class": "logging.StreamHandler",
+                    "formatter": "default",
+                    "filters": ["request_id"],
+                }
+            },
+            "root": {"handlers": ["default"], "level": level},
+            "loggers": {
+                name: {"handlers": [], "propagate": True}
+                for name in (
+                    "uvicorn",
+                    "uvicorn.error",
+                    "uvicorn.access",
+                    "gunicorn.error",
+                )
+            },
+        }
+    )
+
+
+class RequestIdMiddleware:
+    """Takes a well-formed `X-Request-ID` or makes one; logs and the response carry it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get("x-request-id", "")
+        # Only safe, short ids are echoed, so a client cannot forge log lines.
+        request_id = (
+            incoming if _SAFE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        )
+        token = request_id_var.set(request_id)
+
+        async def send_with_request_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("X-Request-ID", request_id)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        finally:
+            request_id_var.reset(token)

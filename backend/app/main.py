@@ -1,0 +1,56 @@
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import sentry_sdk
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.middleware.cors import CORSMiddleware
+
+from app.api.main import api_router
+from app.core.config import settings
+from app.core.db import engine
+from app.core.logging import RequestIdMiddleware, setup_logging
+
+
+def custom_generate_unique_id(route: APIRoute) -> str:
+    return f"{route.tags[0]}-{route.name}"
+
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    yield
+    await engine.dispose()
+
+
+setup_logging(json_lines=settings.ENVIRONMENT != "local", level=settings.LOG_LEVEL)
+if settings.SENTRY_DSN and settings.ENVIRONMENT != "local":
+    sentry_sdk.init(dsn=str(settings.SENTRY_DSN), enable_tracing=True)
+
+app = FastAPI(
+    title=settings.PROJECT_NAME,
+    openapi_url=f"{settings.API_V1_STR}/openapi.json",
+    generate_unique_id_function=custom_generate_unique_id,
+    lifespan=lifespan,
+)
+if settings.all_cors_origins:
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.all_cors_origins,
+        allow_credentials=True,
+        allow_methods=["*"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        expose_headers=["X-Request-ID"],
+    )
+app.add_middleware(RequestIdMiddleware)
+app.include_router(api_router, prefix=settings.API_V1_STR)
+
+
+@app.get("/", tags=["root"])
+async def root() -> dict[str, str]:
+    """Say hello and point to the API documentation."""
+    return {
+        "message": "Hello, world!",
+        "docs": "/docs",
+        "redoc": "/redoc",
+        "openapi": app.openapi_url or "",
+    }

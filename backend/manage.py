@@ -1,0 +1,84 @@
+"""Management commands: `uv run python manage.py --help`."""
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from alembic import command
+from alembic.config import Config
+
+from app.core.config import settings
+from app.initial_data import create_superuser
+
+cli = typer.Typer(
+    help="Manage the backend: serve, migrate, seed.", no_args_is_help=True
+)
+ALEMBIC_INI = Path(__file__).parent / "alembic.ini"
+
+
+def alembic_config() -> Config:
+    return Config(str(ALEMBIC_INI))
+
+
+@cli.command()
+def run(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    reload: Annotated[bool, typer.Option(help="Restart on code changes.")] = False,
+) -> None:
+    """Serve the API with uvicorn (development server)."""
+    typer.echo(f"API docs: http://{host}:{port}/docs")
+    uvicorn.run("app.main:app", host=host, port=port, reload=reload)
+
+
+@cli.command()
+def migrate(
+    message: Annotated[str, typer.Option("-m", "--message", help="Revision message.")],
+) -> None:
+    """Autogenerate a migration from the models (review it before committing)."""
+    command.revision(alembic_config(), message=message, autogenerate=True)
+
+
+@cli.command()
+def upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    command.upgrade(alembic_config(), revision)
+
+
+@cli.command()
+def downgrade(
+    revision: Annotated[str, typer.Argument(help="Target, e.g. -1 or base.")],
+) -> None:
+    """Revert migrations down to REVISION."""
+    command.downgrade(alembic_config(), revision)
+
+
+@cli.command()
+def createsuperuser(
+    email: Annotated[str, typer.Option(prompt=True)],
+    password: Annotated[
+        str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)
+    ],
+) -> None:
+    """Create a superuser (or report that the email is taken)."""
+    user = asyncio.run(create_superuser(email=email, password=password))
+    typer.echo(
+        f"Superuser: {user.email}"
+        if user.is_superuser
+        else f"{user.email} exists and is not a superuser"
+    )
+
+
+@cli.command()
+def initdb() -> None:
+    """Apply all migrations, then create the first superuser from the settings."""
+    command.upgrade(alembic_config(), "head")
+    createsuperuser(
+        email=settings.FIRST_SUPERUSER, password=settings.FIRST_SUPERUSER_PASSWORD
+    )
+
+
+if __name__ == "__main__":
+    cli()

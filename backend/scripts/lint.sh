@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+uv run mypy app
+uv run ruff check .
+uv run ruff format --check .
