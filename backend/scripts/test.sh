@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# THE test command: installs what it needs, then runs the whole suite against
+# PostgreSQL and again against SQLite, with one coverage report (fails < 90%).
+# PostgreSQL comes from POSTGRES_SERVER/PORT/USER/PASSWORD/DB (default
+# 127.0.0.1:5432, user postgres); the suite creates and drops its own
+# `<POSTGRES_DB>_test` database. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v uv >/dev/null 2>&1; then
+    python3 -m pip install --quiet uv
+fi
+uv sync --frozen --quiet
+
+export ENVIRONMENT=local  # the suite covers the local-only routes too
+export POSTGRES_SERVER="${POSTGRES_SERVER:-127.0.0.1}"
+export POSTGRES_PORT="${POSTGRES_PORT:-5432}"
+export POSTGRES_USER="${POSTGRES_USER:-postgres}"
+export POSTGRES_DB="${POSTGRES_DB:-app}"
+unset DATABASE_URL
+
+uv run coverage erase
+echo "== PostgreSQL (${POSTGRES_SERVER}:${POSTGRES_PORT}) =="
+uv run coverage run -m pytest "$@"
+echo "== SQLite =="
+DATABASE_URL="sqlite+aiosqlite:///$(mktemp -d)/app.db" uv run coverage run -m pytest "$@"
+uv run coverage combine --quiet
+uv run coverage report

@@ -1,0 +1,202 @@
+"""Fixtures: a fresh test database (never the app's own), migrated by Alembic;
+each test runs in a transaction rolled back at its end."""
+
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from aiosmtpd.controller import Controller
+from alembic import command
+from alembic.config import Config
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel import delete
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.core import security
+from app.core.config import settings
+from app.core.db import create_engine, get_db
+from app.main import app
+from app.models import Item, User
+from tests import factories
+
+BACKEND_DIR = Path(__file__).resolve().parents[1]
+
+
+def _postgres_admin_dsn(url: URL) -> str:
+    admin = url.set(drivername="postgresql", database="postgres")
+    return admin.render_as_string(hide_password=False)
+
+
+def _recreate_postgres_database(url: URL) -> None:
+    assert url.database
+    with psycopg.connect(_postgres_admin_dsn(url), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{url.database}"')
+
+
+def _drop_postgres_database(url: URL) -> None:
+    with psycopg.connect(_postgres_admin_dsn(url), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+
+
+def alembic_config(url: URL) -> Config:
+    config = Config(str(BACKEND_DIR / "alembic.ini"))
+    config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
+    config.attributes["configure_logger"] = False
+    return config
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
+    """A new, empty database beside the configured one: `<name>_test` or a temp SQLite file."""
+    app_url = settings.SQLALCHEMY_DATABASE_URI
+    if app_url.get_backend_name() == "sqlite":
+        yield app_url.set(database=str(tmp_path_factory.mktemp("db") / "test.db"))
+        return
+    url = app_url.set(database=f"{app_url.database}_test")
+    _recreate_postgres_database(url)
+    yield url
+    _drop_postgres_database(url)
+
+
+@pytest.fixture(scope="session")
+def migrated_database_url(database_url: URL) -> URL:
+    command.upgrade(alembic_config(database_url), "head")
+    return database_url
+
+
+@pytest.fixture(scope="session")
+async def engine(migrated_database_url: URL) -> AsyncIterator[AsyncEngine]:
+    test_engine = create_engine(migrated_database_url)
+    yield test_engine
+    await test_engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _no_real_email(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's .env must not make tests send mail; the smtp fixtures turn it on."""
+    monkeypatch.setattr(settings, "SMTP_HOST", None)
+
+
+@pytest.fixture
+async def db(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """A session whose commits become savepoints of one transaction rolled back after the test."""
+    async with engine.connect() as connection:
+        transaction = await connection.begin()
+        session = AsyncSession(
+            bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+        )
+        yield session
+        await session.close()
+        await transaction.rollback()
+
+
+@pytest.fixture
+async def client(db: AsyncSession) -> AsyncIterator[AsyncClient]:
+    async def get_test_db() -> AsyncIterator[AsyncSession]:
+        yield db
+
+    app.dependency_overrides[get_db] = get_test_db
+    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as ac:
+        yield ac
+    app.dependency_overrides.clear()
+
+
+@pytest.fixture
+async def committing_client(engine: AsyncEngine) -> AsyncIterator[AsyncClient]:
+    """A client whose requests get their own sessions and really commit, for concurrency
+    tests. Rows it leaves are deleted afterwards."""
+    sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+    async def get_committing_db() -> AsyncIterator[AsyncSession]:
+        async with sessions() as session:
+            yield session
+
+    app.dependency_overrides[get_db] = get_committing_db
+    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as ac:
+        yield ac
+    app.dependency_overrides.clear()
+    async with sessions() as session:
+        await session.exec(delete(Item))
+        await session.exec(delete(User))
+        await session.commit()
+
+
+@dataclass
+class SmtpSink:
+    """A real SMTP server on loopback (aiosmtpd) that keeps what it receives."""
+
+    host: str
+    port: int
+    messages: list[EmailMessage] = field(default_factory=list)
+    recipients: list[list[str]] = field(default_factory=list)
+
+    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
+        message = message_from_bytes(envelope.content, policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        self.messages.append(message)
+        self.recipients.append(list(envelope.rcpt_tos))
+        return "250 Message accepted for delivery"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def smtp_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpSink]:
+    """Plain SMTP on a free loopback port, with the app's settings pointed at it."""
+    sink = SmtpSink(host="127.0.0.1", port=free_port())
+    controller = Controller(sink, hostname=sink.host, port=sink.port)
+    controller.start()
+    monkeypatch.setattr(settings, "SMTP_HOST", sink.host)
+    monkeypatch.setattr(settings, "SMTP_PORT", sink.port)
+    monkeypatch.setattr(settings, "SMTP_TLS", False)
+    monkeypatch.setattr(settings, "SMTP_SSL", False)
+    monkeypatch.setattr(settings, "SMTP_USER", None)
+    monkeypatch.setattr(settings, "SMTP_PASSWORD", None)
+    monkeypatch.setattr(settings, "EMAILS_FROM_EMAIL", "noreply@example.com")
+    yield sink
+    controller.stop()
+
+
+def auth_headers(user: User) -> dict[str, str]:
+    return {"Authorization": f"Bearer {security.create_access_token(user.id)}"}
+
+
+@pytest.fixture
+async def user(db: AsyncSession) -> User:
+    return await factories.create_user(db)
+
+
+@pytest.fixture
+async def superuser(db: AsyncSession) -> User:
+    return await factories.create_user(db, is_superuser=True)
+
+
+@pytest.fixture
+def user_headers(user: User) -> dict[str, str]:
+    return auth_headers(user)
+
+
+@pytest.fixture
+def superuser_headers(superuser: User) -> dict[str, str]:
+    return auth_headers(superuser)
+
+
+@pytest.fixture
+async def item(db: AsyncSession, user: User) -> Item:
+    return await factories.create_item(db, owner=user)
+
+
