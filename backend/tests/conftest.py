@@ -49,22 +49,35 @@ def _drop_postgres_database(url: URL) -> None:
 
 def alembic_config(url: URL) -> Config:
     config = Config(str(BACKEND_DIR / "alembic.ini"))
-    config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
+    config.set_main_option(
+        "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
+    )
     config.attributes["configure_logger"] = False
     return config
 
 
-@pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
-    """A new, empty database beside the configured one: `<name>_test` or a temp SQLite file."""
+def _empty_database(suffix: str, tmp_dir: Path) -> Iterator[URL]:
+    """A new, empty database beside the configured one (`<name>_<suffix>`, or a temp
+    SQLite file), dropped afterwards. The app's own database is never touched."""
     app_url = settings.SQLALCHEMY_DATABASE_URI
     if app_url.get_backend_name() == "sqlite":
-        yield app_url.set(database=str(tmp_path_factory.mktemp("db") / "test.db"))
+        yield app_url.set(database=str(tmp_dir / f"{suffix}.db"))
         return
-    url = app_url.set(database=f"{app_url.database}_test")
+    url = app_url.set(database=f"{app_url.database}_{suffix}")
     _recreate_postgres_database(url)
     yield url
     _drop_postgres_database(url)
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
+    yield from _empty_database("test", tmp_path_factory.mktemp("db"))
+
+
+@pytest.fixture
+def scratch_database_url(tmp_path: Path) -> Iterator[URL]:
+    """An empty database of its own, for tests of migrations and startup scripts."""
+    yield from _empty_database("test_scratch", tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +105,9 @@ async def db(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     async with engine.connect() as connection:
         transaction = await connection.begin()
         session = AsyncSession(
-            bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+            bind=connection,
+            join_transaction_mode="create_savepoint",
+            expire_on_commit=False,
         )
         yield session
         await session.close()
@@ -105,7 +120,9 @@ async def client(db: AsyncSession) -> AsyncIterator[AsyncClient]:
         yield db
 
     app.dependency_overrides[get_db] = get_test_db
-    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as ac:
+    async with AsyncClient(
+        transport=ASGITransport(app=app), base_url="http://test"
+    ) as ac:
         yield ac
     app.dependency_overrides.clear()
 
@@ -121,7 +138,9 @@ async def committing_client(engine: AsyncEngine) -> AsyncIterator[AsyncClient]:
             yield session
 
     app.dependency_overrides[get_db] = get_committing_db
-    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as ac:
+    async with AsyncClient(
+        transport=ASGITransport(app=app), base_url="http://test"
+    ) as ac:
         yield ac
     app.dependency_overrides.clear()
     async with sessions() as session:
@@ -198,5 +217,3 @@ def superuser_headers(superuser: User) -> dict[str, str]:
 @pytest.fixture
 async def item(db: AsyncSession, user: User) -> Item:
     return await factories.create_item(db, owner=user)
-
-
