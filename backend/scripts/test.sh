@@ -7,10 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v uv >/dev/null 2>&1; then
-    python3 -m pip install --quiet uv
-fi
-uv sync --frozen --quiet
+source scripts/ensure-uv.sh
 
 export ENVIRONMENT=local  # the suite covers the local-only routes too
 export POSTGRES_SERVER="${POSTGRES_SERVER:-127.0.0.1}"

@@ -24,6 +24,7 @@ def make_settings(monkeypatch: pytest.MonkeyPatch, **values: Any) -> Settings:
 def production(monkeypatch: pytest.MonkeyPatch, **values: Any) -> Settings:
     defaults = {
         "ENVIRONMENT": "production",
+        "POSTGRES_SERVER": "db",
         "SECRET_KEY": STRONG,
         "FIRST_SUPERUSER_PASSWORD": STRONG,
         "POSTGRES_PASSWORD": STRONG,

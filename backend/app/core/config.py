@@ -122,7 +122,10 @@ class Settings(BaseSettings):
     def _enforce_secrets(self) -> Self:
         if not self.EMAILS_FROM_NAME:
             self.EMAILS_FROM_NAME = self.PROJECT_NAME
-        for name in ("SECRET_KEY", "FIRST_SUPERUSER_PASSWORD", "POSTGRES_PASSWORD"):
+        checked = ["SECRET_KEY", "FIRST_SUPERUSER_PASSWORD"]
+        if self.POSTGRES_SERVER and not self.DATABASE_URL:
+            checked.append("POSTGRES_PASSWORD")
+        for name in checked:
             if getattr(self, name) != PLACEHOLDER_SECRET:
                 continue
             message = f'{name} is "{PLACEHOLDER_SECRET}"; change it, at least for deployments.'
