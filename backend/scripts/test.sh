@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 source scripts/ensure-uv.sh
 
 export ENVIRONMENT=local  # the suite covers the local-only routes too
+SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+export SECRET_KEY
 export POSTGRES_SERVER="${POSTGRES_SERVER:-127.0.0.1}"
 export POSTGRES_PORT="${POSTGRES_PORT:-5432}"
 export POSTGRES_USER="${POSTGRES_USER:-postgres}"

@@ -48,9 +48,15 @@ async def create_user(
 
 
 async def create_item(
-    session: AsyncSession, *, owner: User, title: str | None = None, description: str | None = None
+    session: AsyncSession,
+    *,
+    owner: User,
+    title: str | None = None,
+    description: str | None = None,
 ) -> Item:
-    item = Item(title=title or random_string(), description=description, owner_id=owner.id)
+    item = Item(
+        title=title or random_string(), description=description, owner_id=owner.id
+    )
     session.add(item)
     await session.commit()
     return item

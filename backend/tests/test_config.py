@@ -18,7 +18,7 @@ def make_settings(monkeypatch: pytest.MonkeyPatch, **values: Any) -> Settings:
         "SECRET_KEY",
     ):
         monkeypatch.delenv(name, raising=False)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 def production(monkeypatch: pytest.MonkeyPatch, **values: Any) -> Settings:

@@ -25,7 +25,8 @@ def _schema_differences(connection: Connection) -> list[Any]:
         # SQLite cannot reflect the lower(email) index; its uniqueness is
         # checked by behaviour in test_email_unique_whatever_the_case.
         warnings.simplefilter("ignore")
-        return compare_metadata(context, SQLModel.metadata)
+        differences: list[Any] = compare_metadata(context, SQLModel.metadata)
+        return differences
 
 
 def _table_names(connection: Connection) -> set[str]:

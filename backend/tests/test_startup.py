@@ -31,7 +31,7 @@ async def test_wait_for_database_gives_up_after_bounded_retries(
     dead = create_engine(
         make_url(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none")
     )
-    bounded = wait_for_database.retry_with(stop=stop_after_attempt(3), wait=wait_none())  # type: ignore[attr-defined]
+    bounded = wait_for_database.retry_with(stop=stop_after_attempt(3), wait=wait_none())
     with caplog.at_level(logging.WARNING), pytest.raises(OperationalError):
         await bounded(dead)
     await dead.dispose()

@@ -32,6 +32,8 @@ def _create_sqlite_engine(url: URL) -> AsyncEngine:
 
     # pysqlite's own transaction handling breaks SAVEPOINTs and ignores
     # foreign keys; take over BEGIN and switch foreign keys on (SQLAlchemy docs).
+    # BEGIN IMMEDIATE takes the write lock up front: a transaction that reads
+    # then writes waits for a concurrent writer instead of failing "database is locked".
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
@@ -42,7 +44,7 @@ def _create_sqlite_engine(url: URL) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 

@@ -1,0 +1,429 @@
+import re
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+
+import jwt
+import pytest
+from httpx import AsyncClient, Response
+from pwdlib.hashers.bcrypt import BcryptHasher
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.core import security
+from app.core.config import settings
+from app.models import User
+from tests import factories
+from tests.conftest import SmtpSink, auth_headers
+
+API = settings.API_V1_STR
+RECOVERY_LINK = f"{settings.FRONTEND_HOST}/reset-password?token="
+TOKEN_IN_LINK = re.compile(re.escape(RECOVERY_LINK) + r"([A-Za-z0-9_\-.]+)")
+
+
+async def login(client: AsyncClient, email: str, password: str) -> Response:
+    return await client.post(
+        f"{API}/login/access-token", data={"username": email, "password": password}
+    )
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def html_body(message: EmailMessage) -> str:
+    part = message.get_body(preferencelist=("html",))
+    assert part is not None
+    content: str = part.get_content()
+    return content
+
+
+def assert_unauthorized(response: Response) -> None:
+    assert response.status_code == 401
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and detail
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+class TestLoginAccessToken:
+    async def test_login_success_returns_bearer_token(
+        self, client: AsyncClient, user: User
+    ) -> None:
+        response = await login(client, user.email, factories.DEFAULT_PASSWORD)
+        assert response.status_code == 200
+        body = response.json()
+        assert body["token_type"] == "bearer"
+        assert body["access_token"]
+
+        me = await client.post(
+            f"{API}/login/test-token", headers=bearer(body["access_token"])
+        )
+        assert me.status_code == 200
+        assert me.json()["id"] == str(user.id)
+        assert me.json()["email"] == user.email
+
+    async def test_login_email_is_case_insensitive(
+        self, client: AsyncClient, user: User
+    ) -> None:
+        response = await login(client, user.email.upper(), factories.DEFAULT_PASSWORD)
+        assert response.status_code == 200
+        token = response.json()["access_token"]
+        me = await client.post(f"{API}/login/test-token", headers=bearer(token))
+        assert me.json()["id"] == str(user.id)
+
+    async def test_login_wrong_password(self, client: AsyncClient, user: User) -> None:
+        response = await login(client, user.email, "wrong-password-123")
+        assert response.status_code == 400
+        assert response.json() == {"detail": "Incorrect email or password"}
+
+    async def test_login_unknown_email(self, client: AsyncClient) -> None:
+        response = await login(
+            client, factories.random_email(), factories.DEFAULT_PASSWORD
+        )
+        assert response.status_code == 400
+        assert response.json() == {"detail": "Incorrect email or password"}
+
+    async def test_login_inactive_user(
+        self, client: AsyncClient, db: AsyncSession
+    ) -> None:
+        inactive = await factories.create_user(db, is_active=False)
+        response = await login(client, inactive.email, factories.DEFAULT_PASSWORD)
+        assert response.status_code == 400
+        assert response.json() == {"detail": "Inactive user"}
+
+    @pytest.mark.parametrize("field", ["username", "password"])
+    async def test_login_nul_byte_rejected(
+        self, client: AsyncClient, user: User, field: str
+    ) -> None:
+        data = {"username": user.email, "password": factories.DEFAULT_PASSWORD}
+        data[field] += "\x00"
+        response = await client.post(f"{API}/login/access-token", data=data)
+        assert response.status_code == 422
+        assert isinstance(response.json()["detail"], list)
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            {},
+            {"username": "someone@example.com"},
+            {"password": factories.DEFAULT_PASSWORD},
+        ],
+    )
+    async def test_login_missing_fields(
+        self, client: AsyncClient, data: dict[str, str]
+    ) -> None:
+        response = await client.post(f"{API}/login/access-token", data=data)
+        assert response.status_code == 422
+        assert isinstance(response.json()["detail"], list)
+
+    async def test_login_rehashes_bcrypt_password(
+        self, client: AsyncClient, db: AsyncSession
+    ) -> None:
+        password = "legacy-bcrypt-password"
+        legacy = await factories.create_user(db)
+        legacy.hashed_password = BcryptHasher().hash(password)
+        db.add(legacy)
+        await db.commit()
+        assert legacy.hashed_password.startswith("$2")
+
+        response = await login(client, legacy.email, password)
+        assert response.status_code == 200
+
+        await db.refresh(legacy)
+        assert legacy.hashed_password.startswith("$argon2")
+        again = await login(client, legacy.email, password)
+        assert again.status_code == 200
+
+
+class TestTestToken:
+    async def test_test_token_valid(
+        self, client: AsyncClient, user: User, user_headers: dict[str, str]
+    ) -> None:
+        response = await client.post(f"{API}/login/test-token", headers=user_headers)
+        assert response.status_code == 200
+        body = response.json()
+        assert body["id"] == str(user.id)
+        assert body["email"] == user.email
+        assert body["is_active"] is True
+        assert body["is_superuser"] is False
+        assert "hashed_password" not in body
+
+    async def test_test_token_missing(self, client: AsyncClient) -> None:
+        response = await client.post(f"{API}/login/test-token")
+        assert_unauthorized(response)
+
+    @pytest.mark.parametrize("token", ["garbage", "a.b.c", ""])
+    async def test_test_token_garbage(self, client: AsyncClient, token: str) -> None:
+        response = await client.post(f"{API}/login/test-token", headers=bearer(token))
+        assert_unauthorized(response)
+
+    async def test_test_token_expired(self, client: AsyncClient, user: User) -> None:
+        token = security.create_access_token(
+            user.id, expires_delta=timedelta(seconds=-1)
+        )
+        response = await client.post(f"{API}/login/test-token", headers=bearer(token))
+        assert_unauthorized(response)
+
+    async def test_test_token_signed_with_another_key(
+        self, client: AsyncClient, user: User
+    ) -> None:
+        now = datetime.now(UTC)
+        claims = {
+            "sub": str(user.id),
+            "type": "access",
+            "iat": now,
+            "exp": now + timedelta(hours=1),
+        }
+        token = jwt.encode(claims, "another-secret-key-" + "x" * 32, algorithm="HS256")
+        response = await client.post(f"{API}/login/test-token", headers=bearer(token))
+        assert_unauthorized(response)
+
+    async def test_test_token_alg_none(self, client: AsyncClient, user: User) -> None:
+        now = datetime.now(UTC)
+        claims = {
+            "sub": str(user.id),
+            "type": "access",
+            "iat": now,
+            "exp": now + timedelta(hours=1),
+        }
+        token = jwt.encode(claims, "", algorithm="none")
+        response = await client.post(f"{API}/login/test-token", headers=bearer(token))
+        assert_unauthorized(response)
+
+    async def test_test_token_password_reset_token_rejected(
+        self, client: AsyncClient, user: User
+    ) -> None:
+        token = security.create_password_reset_token(user.id, user.hashed_password)
+        response = await client.post(f"{API}/login/test-token", headers=bearer(token))
+        assert_unauthorized(response)
+
+    async def test_test_token_deleted_user(
+        self, client: AsyncClient, db: AsyncSession
+    ) -> None:
+        doomed = await factories.create_user(db)
+        headers = auth_headers(doomed)
+        await db.delete(doomed)
+        await db.commit()
+        response = await client.post(f"{API}/login/test-token", headers=headers)
+        assert_unauthorized(response)
+
+    async def test_test_token_inactive_user(
+        self, client: AsyncClient, db: AsyncSession
+    ) -> None:
+        inactive = await factories.create_user(db, is_active=False)
+        response = await client.post(
+            f"{API}/login/test-token", headers=auth_headers(inactive)
+        )
+        assert response.status_code == 400
+        assert response.json() == {"detail": "Inactive user"}
+
+
+class TestPasswordRecovery:
+    async def test_recover_password_same_message_known_and_unknown(
+        self, client: AsyncClient, user: User
+    ) -> None:
+        known = await client.post(f"{API}/password-recovery/{user.email}")
+        unknown = await client.post(
+            f"{API}/password-recovery/{factories.random_email()}"
+        )
+        assert known.status_code == 200
+        assert unknown.status_code == 200
+        assert known.json() == unknown.json()
+        assert set(known.json()) == {"message"}
+        assert known.json()["message"]
+
+    async def test_recover_password_sends_one_email_with_link(
+        self, client: AsyncClient, user: User, smtp_server: SmtpSink
+    ) -> None:
+        response = await client.post(f"{API}/password-recovery/{user.email}")
+        assert response.status_code == 200
+        assert smtp_server.recipients == [[user.email]]
+        assert len(smtp_server.messages) == 1
+        message = smtp_server.messages[0]
+        assert message["To"] == user.email
+        assert RECOVERY_LINK in html_body(message)
+
+    async def test_recover_password_unknown_email_sends_nothing(
+        self, client: AsyncClient, smtp_server: SmtpSink
+    ) -> None:
+        response = await client.post(
+            f"{API}/password-recovery/{factories.random_email()}"
+        )
+        assert response.status_code == 200
+        assert smtp_server.messages == []
+        assert smtp_server.recipients == []
+
+    async def test_recover_password_case_insensitive_email(
+        self, client: AsyncClient, user: User, smtp_server: SmtpSink
+    ) -> None:
+        response = await client.post(f"{API}/password-recovery/{user.email.upper()}")
+        assert response.status_code == 200
+        assert len(smtp_server.messages) == 1
+        assert RECOVERY_LINK in html_body(smtp_server.messages[0])
+
+    async def test_recover_password_without_smtp(
+        self, client: AsyncClient, user: User
+    ) -> None:
+        assert not settings.emails_enabled
+        response = await client.post(f"{API}/password-recovery/{user.email}")
+        assert response.status_code == 200
+        assert response.json()["message"]
+
+    @pytest.mark.parametrize("email", ["not-an-email", "a@", "@example.com"])
+    async def test_recover_password_invalid_email(
+        self, client: AsyncClient, email: str
+    ) -> None:
+        response = await client.post(f"{API}/password-recovery/{email}")
+        assert response.status_code == 422
+        assert isinstance(response.json()["detail"], list)
+
+
+class TestResetPassword:
+    async def test_reset_password_with_emailed_token(
+        self, client: AsyncClient, user: User, smtp_server: SmtpSink
+    ) -> None:
+        await client.post(f"{API}/password-recovery/{user.email}")
+        assert len(smtp_server.messages) == 1
+        match = TOKEN_IN_LINK.search(html_body(smtp_server.messages[0]))
+        assert match is not None
+        new_password = "brand-new-password-1"
+
+        response = await client.post(
+            f"{API}/reset-password/",
+            json={"token": match.group(1), "new_password": new_password},
+        )
+        assert response.status_code == 200
+        assert response.json() == {"message": "Password updated successfully"}
+
+        assert (await login(client, user.email, new_password)).status_code == 200
+        old = await login(client, user.email, factories.DEFAULT_PASSWORD)
+        assert old.status_code == 400
+        assert old.json() == {"detail": "Incorrect email or password"}
+
+    async def test_reset_password_token_single_use(
+        self, client: AsyncClient, user: User
+    ) -> None:
+        token = security.create_password_reset_token(user.id, user.hashed_password)
+        first = await client.post(
+            f"{API}/reset-password/",
+            json={"token": token, "new_password": "first-new-password"},
+        )
+        assert first.status_code == 200
+
+        second = await client.post(
+            f"{API}/reset-password/",
+            json={"token": token, "new_password": "second-new-password"},
+        )
+        assert second.status_code == 400
+        assert second.json() == {"detail": "Invalid token"}
+        assert (
+            await login(client, user.email, "first-new-password")
+        ).status_code == 200
+        assert (
+            await login(client, user.email, "second-new-password")
+        ).status_code == 400
+
+    async def test_reset_password_garbage_token(self, client: AsyncClient) -> None:
+        response = await client.post(
+            f"{API}/reset-password/",
+            json={"token": "garbage", "new_password": "brand-new-password"},
+        )
+        assert response.status_code == 400
+        assert response.json() == {"detail": "Invalid token"}
+
+    async def test_reset_password_access_token_rejected(
+        self, client: AsyncClient, user: User
+    ) -> None:
+        response = await client.post(
+            f"{API}/reset-password/",
+            json={
+                "token": security.create_access_token(user.id),
+                "new_password": "brand-new-password",
+            },
+        )
+        assert response.status_code == 400
+        assert response.json() == {"detail": "Invalid token"}
+        old = await login(client, user.email, factories.DEFAULT_PASSWORD)
+        assert old.status_code == 200
+
+    async def test_reset_password_deleted_user(
+        self, client: AsyncClient, db: AsyncSession
+    ) -> None:
+        doomed = await factories.create_user(db)
+        token = security.create_password_reset_token(doomed.id, doomed.hashed_password)
+        await db.delete(doomed)
+        await db.commit()
+        response = await client.post(
+            f"{API}/reset-password/",
+            json={"token": token, "new_password": "brand-new-password"},
+        )
+        assert response.status_code == 400
+        assert response.json() == {"detail": "Invalid token"}
+
+    async def test_reset_password_inactive_user(
+        self, client: AsyncClient, db: AsyncSession
+    ) -> None:
+        inactive = await factories.create_user(db, is_active=False)
+        token = security.create_password_reset_token(
+            inactive.id, inactive.hashed_password
+        )
+        response = await client.post(
+            f"{API}/reset-password/",
+            json={"token": token, "new_password": "brand-new-password"},
+        )
+        assert response.status_code == 400
+        assert response.json() == {"detail": "Inactive user"}
+
+    async def test_reset_password_short_password(
+        self, client: AsyncClient, user: User
+    ) -> None:
+        token = security.create_password_reset_token(user.id, user.hashed_password)
+        response = await client.post(
+            f"{API}/reset-password/", json={"token": token, "new_password": "short"}
+        )
+        assert response.status_code == 422
+        assert isinstance(response.json()["detail"], list)
+        old = await login(client, user.email, factories.DEFAULT_PASSWORD)
+        assert old.status_code == 200
+
+
+class TestPasswordRecoveryHtmlContent:
+    async def test_recover_password_html_content_superuser(
+        self, client: AsyncClient, user: User, superuser_headers: dict[str, str]
+    ) -> None:
+        response = await client.post(
+            f"{API}/password-recovery-html-content/{user.email}",
+            headers=superuser_headers,
+        )
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/html")
+        assert RECOVERY_LINK in response.text
+        assert user.email in response.headers["subject"]
+
+    async def test_recover_password_html_content_unknown_email(
+        self, client: AsyncClient, superuser_headers: dict[str, str]
+    ) -> None:
+        response = await client.post(
+            f"{API}/password-recovery-html-content/{factories.random_email()}",
+            headers=superuser_headers,
+        )
+        assert response.status_code == 404
+        assert response.json() == {
+            "detail": "The user with this username does not exist in the system."
+        }
+
+    async def test_recover_password_html_content_normal_user(
+        self, client: AsyncClient, user: User, user_headers: dict[str, str]
+    ) -> None:
+        response = await client.post(
+            f"{API}/password-recovery-html-content/{user.email}",
+            headers=user_headers,
+        )
+        assert response.status_code == 403
+        assert response.json() == {"detail": "The user doesn't have enough privileges"}
+
+    async def test_recover_password_html_content_anonymous(
+        self, client: AsyncClient, user: User
+    ) -> None:
+        response = await client.post(
+            f"{API}/password-recovery-html-content/{user.email}"
+        )
+        assert_unauthorized(response)

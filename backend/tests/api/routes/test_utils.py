@@ -1,0 +1,127 @@
+import logging
+
+import pytest
+from httpx import AsyncClient
+
+from app.core.config import settings
+from tests.conftest import SmtpSink, free_port
+
+HEALTH_CHECK = f"{settings.API_V1_STR}/utils/health-check/"
+TEST_EMAIL = f"{settings.API_V1_STR}/utils/test-email/"
+
+
+class TestHealthCheck:
+    async def test_health_check_anonymous_true(self, client: AsyncClient) -> None:
+        response = await client.get(HEALTH_CHECK)
+
+        assert response.status_code == 200
+        assert response.json() is True
+
+
+class TestTestEmail:
+    async def test_test_email_superuser_delivered(
+        self,
+        client: AsyncClient,
+        smtp_server: SmtpSink,
+        superuser_headers: dict[str, str],
+    ) -> None:
+        response = await client.post(
+            TEST_EMAIL,
+            params={"email_to": "someone@example.com"},
+            headers=superuser_headers,
+        )
+
+        assert response.status_code == 201
+        assert response.json() == {"message": "Test email sent"}
+        assert smtp_server.recipients == [["someone@example.com"]]
+        (message,) = smtp_server.messages
+        assert message["To"] == "someone@example.com"
+        assert message["Subject"] == f"{settings.PROJECT_NAME} - Test email"
+
+    async def test_test_email_not_configured_503(
+        self, client: AsyncClient, superuser_headers: dict[str, str]
+    ) -> None:
+        response = await client.post(
+            TEST_EMAIL,
+            params={"email_to": "someone@example.com"},
+            headers=superuser_headers,
+        )
+
+        assert response.status_code == 503
+        assert "SMTP" in response.json()["detail"]
+
+    async def test_test_email_normal_user_403(
+        self, client: AsyncClient, smtp_server: SmtpSink, user_headers: dict[str, str]
+    ) -> None:
+        response = await client.post(
+            TEST_EMAIL, params={"email_to": "someone@example.com"}, headers=user_headers
+        )
+
+        assert response.status_code == 403
+        assert response.json() == {"detail": "The user doesn't have enough privileges"}
+        assert smtp_server.messages == []
+
+    async def test_test_email_anonymous_401(
+        self, client: AsyncClient, smtp_server: SmtpSink
+    ) -> None:
+        response = await client.post(
+            TEST_EMAIL, params={"email_to": "someone@example.com"}
+        )
+
+        assert response.status_code == 401
+        assert response.json() == {"detail": "Not authenticated"}
+        assert smtp_server.messages == []
+
+    @pytest.mark.parametrize(
+        "params",
+        [
+            {"email_to": "not-an-email"},
+            {"email_to": f"{'a' * 250}@example.com"},
+            {},
+        ],
+    )
+    async def test_test_email_invalid_address_422(
+        self,
+        client: AsyncClient,
+        smtp_server: SmtpSink,
+        superuser_headers: dict[str, str],
+        params: dict[str, str],
+    ) -> None:
+        response = await client.post(
+            TEST_EMAIL, params=params, headers=superuser_headers
+        )
+
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"] == ["query", "email_to"]
+        assert smtp_server.messages == []
+
+    async def test_test_email_smtp_down_still_201_and_logged(
+        self,
+        client: AsyncClient,
+        smtp_server: SmtpSink,
+        superuser_headers: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        monkeypatch.setattr(settings, "SMTP_PORT", free_port())
+
+        with caplog.at_level(logging.INFO):
+            response = await client.post(
+                TEST_EMAIL,
+                params={"email_to": "someone@example.com"},
+                headers={**superuser_headers, "X-Request-ID": "req-smtp-down"},
+            )
+
+        assert response.status_code == 201
+        assert response.json() == {"message": "Test email sent"}
+        assert response.headers["X-Request-ID"] == "req-smtp-down"
+        errors = [
+            record
+            for record in caplog.records
+            if record.name == "app.emails" and record.levelno == logging.ERROR
+        ]
+        assert len(errors) == 1
+        assert "not sent" in errors[0].getMessage()
+        # The delivery runs after the answer, still under the request's id.
+        assert getattr(errors[0], "request_id", None) == "req-smtp-down"
+        assert smtp_server.messages == []

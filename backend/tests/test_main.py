@@ -1,0 +1,295 @@
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterator
+
+import pytest
+from fastapi.routing import APIRoute
+from httpx import AsyncClient
+
+from app.api.routes import items, login, private, users, utils
+from app.core.config import settings
+from app.core.logging import (
+    JsonFormatter,
+    RequestIdFilter,
+    request_id_var,
+    setup_logging,
+)
+from app.main import app
+
+OPENAPI = f"{settings.API_V1_STR}/openapi.json"
+USERS_ME = f"{settings.API_V1_STR}/users/me"
+HEALTH_CHECK = f"{settings.API_V1_STR}/utils/health-check/"
+GENERATED_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def make_record(message: str = "hello %s", *args: object) -> logging.LogRecord:
+    return logging.LogRecord(
+        name="app.test",
+        level=logging.WARNING,
+        pathname=__file__,
+        lineno=1,
+        msg=message,
+        args=args,
+        exc_info=None,
+    )
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    yield
+    setup_logging(json_lines=settings.ENVIRONMENT != "local", level=settings.LOG_LEVEL)
+
+
+class TestRoot:
+    async def test_root_hello_with_docs_links(self, client: AsyncClient) -> None:
+        response = await client.get("/")
+
+        assert response.status_code == 200
+        body = response.json()
+        assert body["message"] == "Hello, world!"
+        assert body["docs"] == "/docs"
+        assert body["redoc"] == "/redoc"
+        assert body["openapi"] == OPENAPI
+
+
+class TestOpenApi:
+    async def test_openapi_operation_ids_tag_and_function(
+        self, client: AsyncClient
+    ) -> None:
+        response = await client.get(OPENAPI)
+
+        assert response.status_code == 200
+        paths = response.json()["paths"]
+        api_routes = [
+            (settings.API_V1_STR + route.path, route)
+            for module in (items, login, private, users, utils)
+            for route in module.router.routes
+            if isinstance(route, APIRoute)
+        ]
+        root_routes = [
+            (route.path, route) for route in app.routes if isinstance(route, APIRoute)
+        ]
+        expected = {
+            (path, method.lower()): f"{route.tags[0]}-{route.endpoint.__name__}"
+            for path, route in api_routes + root_routes
+            for method in route.methods or ()
+        }
+        actual = {
+            (path, method): operation["operationId"]
+            for path, operations in paths.items()
+            for method, operation in operations.items()
+        }
+        assert actual == expected
+        for operations in paths.values():
+            for operation in operations.values():
+                assert operation["tags"], operation["operationId"]
+
+    async def test_openapi_contains_contract_operations(
+        self, client: AsyncClient
+    ) -> None:
+        response = await client.get(OPENAPI)
+
+        operation_ids = {
+            operation["operationId"]
+            for operations in response.json()["paths"].values()
+            for operation in operations.values()
+        }
+        assert {
+            "items-read_items",
+            "items-read_item",
+            "items-create_item",
+            "items-update_item",
+            "items-delete_item",
+            "login-login_access_token",
+            "users-register_user",
+            "utils-health_check",
+            "utils-test_email",
+            "private-create_user",
+        } <= operation_ids
+
+    @pytest.mark.parametrize("path", ["/docs", "/redoc"])
+    async def test_docs_served_as_html(self, client: AsyncClient, path: str) -> None:
+        response = await client.get(path)
+
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/html")
+        assert OPENAPI in response.text
+
+
+class TestRequestId:
+    async def test_request_id_generated(self, client: AsyncClient) -> None:
+        response = await client.get(HEALTH_CHECK)
+
+        assert GENERATED_ID.fullmatch(response.headers["X-Request-ID"])
+
+    async def test_request_id_unique_per_request(self, client: AsyncClient) -> None:
+        first = await client.get(HEALTH_CHECK)
+        second = await client.get(HEALTH_CHECK)
+
+        assert first.headers["X-Request-ID"] != second.headers["X-Request-ID"]
+
+    async def test_request_id_well_formed_echoed(self, client: AsyncClient) -> None:
+        response = await client.get(HEALTH_CHECK, headers={"X-Request-ID": "abc-123"})
+
+        assert response.headers["X-Request-ID"] == "abc-123"
+
+    async def test_request_id_on_error_responses(self, client: AsyncClient) -> None:
+        response = await client.get(USERS_ME, headers={"X-Request-ID": "abc-401"})
+
+        assert response.status_code == 401
+        assert response.headers["X-Request-ID"] == "abc-401"
+
+    @pytest.mark.parametrize(
+        "incoming",
+        ["x" * 200, "has spaces in it", "<script>", "a;b", "ünïcode"],
+    )
+    async def test_request_id_malicious_replaced(
+        self, client: AsyncClient, incoming: str
+    ) -> None:
+        response = await client.get(
+            HEALTH_CHECK, headers=[(b"X-Request-ID", incoming.encode())]
+        )
+
+        returned = response.headers.get_list("X-Request-ID")
+        assert len(returned) == 1
+        assert GENERATED_ID.fullmatch(returned[0])
+        assert returned[0] != incoming
+
+
+class TestCors:
+    async def test_cors_preflight_frontend_allowed(self, client: AsyncClient) -> None:
+        origin = settings.FRONTEND_HOST
+
+        response = await client.options(
+            USERS_ME,
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
+
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == origin
+        assert (
+            "authorization" in response.headers["access-control-allow-headers"].lower()
+        )
+        assert response.headers["access-control-allow-credentials"] == "true"
+
+    async def test_cors_simple_request_exposes_request_id(
+        self, client: AsyncClient
+    ) -> None:
+        origin = settings.FRONTEND_HOST
+
+        response = await client.get(HEALTH_CHECK, headers={"Origin": origin})
+
+        assert response.headers["access-control-allow-origin"] == origin
+        assert (
+            "x-request-id" in response.headers["access-control-expose-headers"].lower()
+        )
+
+    async def test_cors_preflight_unknown_origin_refused(
+        self, client: AsyncClient
+    ) -> None:
+        response = await client.options(
+            USERS_ME,
+            headers={
+                "Origin": "https://evil.example",
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
+
+        assert "access-control-allow-origin" not in response.headers
+
+    async def test_cors_simple_request_unknown_origin_no_header(
+        self, client: AsyncClient
+    ) -> None:
+        response = await client.get(
+            HEALTH_CHECK, headers={"Origin": "https://evil.example"}
+        )
+
+        assert response.status_code == 200
+        assert "access-control-allow-origin" not in response.headers
+
+
+class TestLogging:
+    def test_json_formatter_one_json_line(self) -> None:
+        record = make_record("hello %s", "world")
+        record.request_id = "req-1"
+
+        line = JsonFormatter().format(record)
+
+        assert "\n" not in line
+        entry = json.loads(line)
+        assert entry["request_id"] == "req-1"
+        assert entry["level"] == "WARNING"
+        assert entry["message"] == "hello world"
+        assert entry["logger"] == "app.test"
+        assert "exception" not in entry
+
+    def test_json_formatter_includes_exception(self) -> None:
+        record = make_record("boom")
+        try:
+            raise ValueError("bad value\nsecond line")
+        except ValueError:
+            record.exc_info = sys.exc_info()
+
+        line = JsonFormatter().format(record)
+
+        assert "\n" not in line
+        entry = json.loads(line)
+        assert "ValueError: bad value" in entry["exception"]
+        assert "Traceback" in entry["exception"]
+
+    def test_json_formatter_without_request_id(self) -> None:
+        entry = json.loads(JsonFormatter().format(make_record()))
+
+        assert entry["request_id"] == "-"
+
+    def test_request_id_filter_uses_context(self) -> None:
+        record = make_record()
+        token = request_id_var.set("req-ctx")
+        try:
+            assert RequestIdFilter().filter(record) is True
+        finally:
+            request_id_var.reset(token)
+
+        assert getattr(record, "request_id", None) == "req-ctx"
+
+    def test_setup_logging_text_lines_contain_request_id(
+        self, restore_logging: None
+    ) -> None:
+        setup_logging(json_lines=False)
+        (handler,) = logging.getLogger().handlers
+        record = make_record("text %s", "line")
+        token = request_id_var.set("req-text")
+        try:
+            assert handler.filter(record)
+        finally:
+            request_id_var.reset(token)
+
+        line = handler.format(record)
+
+        assert "[req-text]" in line
+        assert "text line" in line
+        assert "WARN" in line
+
+    def test_setup_logging_json_lines(self, restore_logging: None) -> None:
+        setup_logging(json_lines=True, level="WARNING")
+        root = logging.getLogger()
+        (handler,) = root.handlers
+        record = make_record("json %s", "line")
+        token = request_id_var.set("req-json")
+        try:
+            assert handler.filter(record)
+        finally:
+            request_id_var.reset(token)
+
+        entry = json.loads(handler.format(record))
+
+        assert root.level == logging.WARNING
+        assert entry["request_id"] == "req-json"
+        assert entry["message"] == "json line"
