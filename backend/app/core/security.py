@@ -1,5 +1,6 @@
 import hashlib
 import hmac
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -9,10 +10,13 @@ from typing import Any, Literal
 import anyio
 import jwt
 from pwdlib import PasswordHash
+from pwdlib.exceptions import UnknownHashError
 from pwdlib.hashers.argon2 import Argon2Hasher
 from pwdlib.hashers.bcrypt import BcryptHasher
 
 from app.core.config import settings
+
+logger = logging.getLogger(__name__)
 
 ALGORITHM = "HS256"
 TokenType = Literal["access", "password_reset"]
@@ -41,12 +45,16 @@ async def verify_password(
     password: str, hashed_password: str
 ) -> tuple[bool, str | None]:
     """Check a password; also return a new hash when the stored one is outdated."""
-    return await anyio.to_thread.run_sync(
-        password_hash.verify_and_update,
-        password,
-        hashed_password,
-        limiter=_hashing_limiter(),
-    )
+    try:
+        return await anyio.to_thread.run_sync(
+            password_hash.verify_and_update,
+            password,
+            hashed_password,
+            limiter=_hashing_limiter(),
+        )
+    except UnknownHashError:
+        logger.warning("A stored password hash has an unknown format; the check fails")
+        return False, None
 
 
 def create_token(

@@ -50,6 +50,15 @@ class TestAuthenticate:
             is None
         )
 
+    async def test_unreadable_stored_hash_fails_closed(self, db: AsyncSession) -> None:
+        user = await factories.create_user(db)
+        user.hashed_password = "imported-from-elsewhere"
+        await db.commit()
+        authenticated = await crud.authenticate(
+            session=db, email=user.email, password="whatever1"
+        )
+        assert authenticated is None
+
     async def test_unknown_email(self, db: AsyncSession) -> None:
         assert (
             await crud.authenticate(
