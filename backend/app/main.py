@@ -24,7 +24,7 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
 
 setup_logging(json_lines=settings.ENVIRONMENT != "local", level=settings.LOG_LEVEL)
 if settings.SENTRY_DSN and settings.ENVIRONMENT != "local":
-    sentry_sdk.init(dsn=str(settings.SENTRY_DSN), environment=settings.ENVIRONMENT), enable_tracing=True)
+    sentry_sdk.init(dsn=str(settings.SENTRY_DSN), environment=settings.ENVIRONMENT)
 
 app = FastAPI(
     title=settings.PROJECT_NAME,
