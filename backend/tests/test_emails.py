@@ -1,6 +1,6 @@
 import logging
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +68,11 @@ def server_ssl_context(cert: trustme.LeafCert) -> ssl.SSLContext:
     return context
 
 
+StartController = Callable[..., SmtpSink]
+
+
 @pytest.fixture
-def start_controller() -> Iterator[Any]:
+def start_controller() -> Iterator[StartController]:
     """Start an aiosmtpd server on a free loopback port; stopped after the test."""
     controllers: list[Controller] = []
 
@@ -85,12 +88,43 @@ def start_controller() -> Iterator[Any]:
         controller.stop()
 
 
+@pytest.fixture
+def tls_sink(
+    server_cert: trustme.LeafCert, start_controller: StartController
+) -> SmtpSink:
+    """A server that refuses mail sent before STARTTLS."""
+    return start_controller(
+        tls_context=server_ssl_context(server_cert), require_starttls=True
+    )
+
+
+@pytest.fixture
+def auth_sink(start_controller: StartController) -> SmtpSink:
+    """A server that requires AUTH (SMTP_USER, SMTP_PASSWORD), without TLS."""
+    return start_controller(
+        authenticator=check_credentials, auth_required=True, auth_require_tls=False
+    )
+
+
+async def send_test_email(to: str) -> bool:
+    return await emails.send_email(emails.test_email(to))
+
+
 def error_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         record.getMessage()
         for record in caplog.records
         if record.name == "app.emails" and record.levelno >= logging.ERROR
     ]
+
+
+def assert_not_sent(
+    sent: bool, sink: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """send_email reports failure, nothing arrived, and one error was logged."""
+    assert sent is False
+    assert sink.messages == []
+    assert len(error_logs(caplog)) == 1
 
 
 class TestRenderEmail:
@@ -202,43 +236,30 @@ class TestSendEmail:
         assert "reset-password?token=the-token" in html.get_content()
 
     async def test_send_email_starttls_delivers(
-        self,
-        server_cert: trustme.LeafCert,
-        start_controller: Any,
-        monkeypatch: pytest.MonkeyPatch,
+        self, tls_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        # require_starttls: the server refuses mail sent before STARTTLS.
-        sink = start_controller(
-            tls_context=server_ssl_context(server_cert), require_starttls=True
-        )
-        configure_smtp(monkeypatch, port=sink.port, tls=True)
+        configure_smtp(monkeypatch, port=tls_sink.port, tls=True)
 
-        sent = await emails.send_email(emails.test_email("tls@example.com"))
+        sent = await send_test_email("tls@example.com")
 
         assert sent is True
-        assert sink.recipients == [["tls@example.com"]]
+        assert tls_sink.recipients == [["tls@example.com"]]
 
     async def test_send_email_starttls_required_but_disabled_returns_false(
         self,
-        server_cert: trustme.LeafCert,
-        start_controller: Any,
+        tls_sink: SmtpSink,
         monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        sink = start_controller(
-            tls_context=server_ssl_context(server_cert), require_starttls=True
-        )
-        configure_smtp(monkeypatch, port=sink.port, tls=False)
+        configure_smtp(monkeypatch, port=tls_sink.port, tls=False)
 
-        sent = await emails.send_email(emails.test_email("tls@example.com"))
+        sent = await send_test_email("tls@example.com")
 
-        assert sent is False
-        assert sink.messages == []
-        assert len(error_logs(caplog)) == 1
+        assert_not_sent(sent, tls_sink, caplog)
 
     async def test_send_email_starttls_untrusted_cert_returns_false(
         self,
-        start_controller: Any,
+        start_controller: StartController,
         monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path,
         caplog: pytest.LogCaptureFixture,
@@ -250,68 +271,58 @@ class TestSendEmail:
         sink = start_controller(tls_context=server_ssl_context(untrusted))
         configure_smtp(monkeypatch, port=sink.port, tls=True)
 
-        sent = await emails.send_email(emails.test_email("tls@example.com"))
+        sent = await send_test_email("tls@example.com")
 
-        assert sent is False
-        assert sink.messages == []
-        assert len(error_logs(caplog)) == 1
+        assert_not_sent(sent, sink, caplog)
 
     async def test_send_email_implicit_ssl_delivers(
         self,
         server_cert: trustme.LeafCert,
-        start_controller: Any,
+        start_controller: StartController,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         sink = start_controller(ssl_context=server_ssl_context(server_cert))
         # SMTP_TLS stays on, as in a typical .env: SMTP_SSL must win over it.
         configure_smtp(monkeypatch, port=sink.port, tls=True, ssl_=True)
 
-        sent = await emails.send_email(emails.test_email("ssl@example.com"))
+        sent = await send_test_email("ssl@example.com")
 
         assert sent is True
         assert sink.recipients == [["ssl@example.com"]]
 
     @plain_auth
     async def test_send_email_auth_right_credentials_delivers(
-        self, start_controller: Any, monkeypatch: pytest.MonkeyPatch
+        self, auth_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        sink = start_controller(
-            authenticator=check_credentials, auth_required=True, auth_require_tls=False
-        )
         configure_smtp(
-            monkeypatch, port=sink.port, user=SMTP_USER, password=SMTP_PASSWORD
+            monkeypatch, port=auth_sink.port, user=SMTP_USER, password=SMTP_PASSWORD
         )
 
-        sent = await emails.send_email(emails.test_email("auth@example.com"))
+        sent = await send_test_email("auth@example.com")
 
         assert sent is True
-        assert sink.recipients == [["auth@example.com"]]
+        assert auth_sink.recipients == [["auth@example.com"]]
 
     @plain_auth
     async def test_send_email_auth_wrong_credentials_returns_false(
         self,
-        start_controller: Any,
+        auth_sink: SmtpSink,
         monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        sink = start_controller(
-            authenticator=check_credentials, auth_required=True, auth_require_tls=False
-        )
         configure_smtp(
-            monkeypatch, port=sink.port, user=SMTP_USER, password="wrong-pass"
+            monkeypatch, port=auth_sink.port, user=SMTP_USER, password="wrong-pass"
         )
 
-        sent = await emails.send_email(emails.test_email("auth@example.com"))
+        sent = await send_test_email("auth@example.com")
 
-        assert sent is False
-        assert sink.messages == []
-        assert len(error_logs(caplog)) == 1
+        assert_not_sent(sent, auth_sink, caplog)
         assert "wrong-pass" not in caplog.text
 
     async def test_send_email_auth_over_starttls_delivers(
         self,
         server_cert: trustme.LeafCert,
-        start_controller: Any,
+        start_controller: StartController,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         sink = start_controller(
@@ -328,7 +339,7 @@ class TestSendEmail:
             password=SMTP_PASSWORD,
         )
 
-        sent = await emails.send_email(emails.test_email("auth@example.com"))
+        sent = await send_test_email("auth@example.com")
 
         assert sent is True
         assert sink.recipients == [["auth@example.com"]]
@@ -338,7 +349,7 @@ class TestSendEmail:
     ) -> None:
         configure_smtp(monkeypatch, port=free_port())
 
-        sent = await emails.send_email(emails.test_email("down@example.com"))
+        sent = await send_test_email("down@example.com")
 
         assert sent is False
         (logged,) = error_logs(caplog)

@@ -1,6 +1,7 @@
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import pytest
 from httpx import AsyncClient, Response
@@ -284,6 +285,97 @@ class TestCreateItem:
         assert response.json() == {"detail": "Not authenticated"}
 
 
+class ItemRoute(NamedTuple):
+    """One of GET, PUT (with a valid body) and DELETE /items/{id}."""
+
+    method: str
+    body: dict[str, str] | None = None
+
+    async def send(
+        self, client: AsyncClient, url: str, headers: dict[str, str] | None = None
+    ) -> Response:
+        return await client.request(self.method, url, json=self.body, headers=headers)
+
+
+# The access rules in TestItemAccess hold for every route of one item.
+ITEM_ROUTES = [
+    pytest.param(ItemRoute("GET"), id="read_item"),
+    pytest.param(ItemRoute("PUT", {"title": "Hijacked"}), id="update_item"),
+    pytest.param(ItemRoute("DELETE"), id="delete_item"),
+]
+
+
+async def assert_item_unchanged(
+    client: AsyncClient,
+    db: AsyncSession,
+    item: Item,
+    title: str,
+    owner_headers: dict[str, str],
+) -> None:
+    """The owner still gets the item, and the database still has its old title."""
+    response = await client.get(item_url(item.id), headers=owner_headers)
+    assert response.status_code == 200
+    await db.refresh(item)
+    assert item.title == title
+
+
+@pytest.mark.parametrize("route", ITEM_ROUTES)
+class TestItemAccess:
+    async def test_item_unknown_404(
+        self, client: AsyncClient, route: ItemRoute, user_headers: dict[str, str]
+    ) -> None:
+        response = await route.send(client, item_url(uuid.uuid4()), user_headers)
+
+        assert response.status_code == 404
+        assert response.json() == {"detail": "Item not found"}
+
+    @pytest.mark.parametrize("bad_id", ["not-a-uuid", "123"])
+    async def test_item_malformed_id_422(
+        self,
+        client: AsyncClient,
+        route: ItemRoute,
+        user_headers: dict[str, str],
+        bad_id: str,
+    ) -> None:
+        response = await route.send(client, item_url(bad_id), user_headers)
+
+        assert response.status_code == 422
+        assert_validation_error(response.json(), "id")
+
+    async def test_item_anonymous_401(
+        self,
+        client: AsyncClient,
+        db: AsyncSession,
+        route: ItemRoute,
+        item: Item,
+        user_headers: dict[str, str],
+    ) -> None:
+        title = item.title
+
+        response = await route.send(client, item_url(item.id))
+
+        assert response.status_code == 401
+        assert response.json() == {"detail": "Not authenticated"}
+        await assert_item_unchanged(client, db, item, title, user_headers)
+
+    async def test_item_other_user_403(
+        self,
+        client: AsyncClient,
+        db: AsyncSession,
+        route: ItemRoute,
+        item: Item,
+        user_headers: dict[str, str],
+    ) -> None:
+        other = await factories.create_user(db)
+        title = item.title
+
+        response = await route.send(client, item_url(item.id), auth_headers(other))
+
+        assert response.status_code == 403
+        assert response.json() == {"detail": "Not enough permissions"}
+        await assert_item_unchanged(client, db, item, title, user_headers)
+
+
 class TestReadItem:
     async def test_read_item_owner(
         self, client: AsyncClient, item: Item, user_headers: dict[str, str]
@@ -303,40 +395,6 @@ class TestReadItem:
 
         assert response.status_code == 200
         assert response.json()["id"] == str(item.id)
-
-    async def test_read_item_other_user_403(
-        self, client: AsyncClient, db: AsyncSession, item: Item
-    ) -> None:
-        other = await factories.create_user(db)
-
-        response = await client.get(item_url(item.id), headers=auth_headers(other))
-
-        assert response.status_code == 403
-        assert response.json() == {"detail": "Not enough permissions"}
-
-    async def test_read_item_unknown_404(
-        self, client: AsyncClient, user_headers: dict[str, str]
-    ) -> None:
-        response = await client.get(item_url(uuid.uuid4()), headers=user_headers)
-
-        assert response.status_code == 404
-        assert response.json() == {"detail": "Item not found"}
-
-    async def test_read_item_malformed_id_422(
-        self, client: AsyncClient, user_headers: dict[str, str]
-    ) -> None:
-        response = await client.get(item_url("not-a-uuid"), headers=user_headers)
-
-        assert response.status_code == 422
-        assert_validation_error(response.json(), "id")
-
-    async def test_read_item_anonymous_401(
-        self, client: AsyncClient, item: Item
-    ) -> None:
-        response = await client.get(item_url(item.id))
-
-        assert response.status_code == 401
-        assert response.json() == {"detail": "Not authenticated"}
 
 
 class TestUpdateItem:
@@ -441,41 +499,6 @@ class TestUpdateItem:
         assert response.json()["title"] == "By admin"
         assert response.json()["owner_id"] == str(item.owner_id)
 
-    async def test_update_item_other_user_403(
-        self, client: AsyncClient, db: AsyncSession, item: Item
-    ) -> None:
-        other = await factories.create_user(db)
-        original_title = item.title
-
-        response = await client.put(
-            item_url(item.id), json={"title": "Hijacked"}, headers=auth_headers(other)
-        )
-
-        assert response.status_code == 403
-        assert response.json() == {"detail": "Not enough permissions"}
-        await db.refresh(item)
-        assert item.title == original_title
-
-    async def test_update_item_unknown_404(
-        self, client: AsyncClient, user_headers: dict[str, str]
-    ) -> None:
-        response = await client.put(
-            item_url(uuid.uuid4()), json={"title": "x"}, headers=user_headers
-        )
-
-        assert response.status_code == 404
-        assert response.json() == {"detail": "Item not found"}
-
-    async def test_update_item_malformed_id_422(
-        self, client: AsyncClient, user_headers: dict[str, str]
-    ) -> None:
-        response = await client.put(
-            item_url("123"), json={"title": "x"}, headers=user_headers
-        )
-
-        assert response.status_code == 422
-        assert_validation_error(response.json(), "id")
-
     @pytest.mark.parametrize(
         ("payload", "field"),
         [
@@ -496,7 +519,7 @@ class TestUpdateItem:
         payload: dict[str, object],
         field: str,
     ) -> None:
-        original_title = item.title
+        title = item.title
 
         response = await client.put(
             item_url(item.id), json=payload, headers=user_headers
@@ -504,16 +527,7 @@ class TestUpdateItem:
 
         assert response.status_code == 422
         assert_validation_error(response.json(), field)
-        await db.refresh(item)
-        assert item.title == original_title
-
-    async def test_update_item_anonymous_401(
-        self, client: AsyncClient, item: Item
-    ) -> None:
-        response = await client.put(item_url(item.id), json={"title": "x"})
-
-        assert response.status_code == 401
-        assert response.json() == {"detail": "Not authenticated"}
+        await assert_item_unchanged(client, db, item, title, user_headers)
 
 
 class TestDeleteItem:
@@ -545,48 +559,6 @@ class TestDeleteItem:
         assert response.json() == {"message": "Item deleted successfully"}
         again = await client.get(item_url(item.id), headers=superuser_headers)
         assert again.status_code == 404
-
-    async def test_delete_item_other_user_403(
-        self,
-        client: AsyncClient,
-        db: AsyncSession,
-        item: Item,
-        user_headers: dict[str, str],
-    ) -> None:
-        other = await factories.create_user(db)
-
-        response = await client.delete(item_url(item.id), headers=auth_headers(other))
-
-        assert response.status_code == 403
-        assert response.json() == {"detail": "Not enough permissions"}
-        still_there = await client.get(item_url(item.id), headers=user_headers)
-        assert still_there.status_code == 200
-
-    async def test_delete_item_unknown_404(
-        self, client: AsyncClient, user_headers: dict[str, str]
-    ) -> None:
-        response = await client.delete(item_url(uuid.uuid4()), headers=user_headers)
-
-        assert response.status_code == 404
-        assert response.json() == {"detail": "Item not found"}
-
-    async def test_delete_item_malformed_id_422(
-        self, client: AsyncClient, user_headers: dict[str, str]
-    ) -> None:
-        response = await client.delete(item_url("not-a-uuid"), headers=user_headers)
-
-        assert response.status_code == 422
-        assert_validation_error(response.json(), "id")
-
-    async def test_delete_item_anonymous_401(
-        self, client: AsyncClient, item: Item, user_headers: dict[str, str]
-    ) -> None:
-        response = await client.delete(item_url(item.id))
-
-        assert response.status_code == 401
-        assert response.json() == {"detail": "Not authenticated"}
-        still_there = await client.get(item_url(item.id), headers=user_headers)
-        assert still_there.status_code == 200
 
 
 class TestConcurrentUpdates:

@@ -1,6 +1,8 @@
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from typing import Any
 
 import jwt
 import pytest
@@ -29,6 +31,77 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+async def post_test_token(
+    client: AsyncClient, headers: dict[str, str] | None = None
+) -> Response:
+    return await client.post(f"{API}/login/test-token", headers=headers)
+
+
+async def reset_password(
+    client: AsyncClient, token: str, new_password: str = "brand-new-password"
+) -> Response:
+    return await client.post(
+        f"{API}/reset-password/", json={"token": token, "new_password": new_password}
+    )
+
+
+async def recovery_html(
+    client: AsyncClient, email: str, headers: dict[str, str] | None = None
+) -> Response:
+    return await client.post(
+        f"{API}/password-recovery-html-content/{email}", headers=headers
+    )
+
+
+def access_claims(user: User) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "sub": str(user.id),
+        "type": "access",
+        "iat": now,
+        "exp": now + timedelta(hours=1),
+    }
+
+
+# Tokens made for `user`, good and bad.
+def access_token(user: User) -> str:
+    return security.create_access_token(user.id)
+
+
+def password_reset_token(user: User) -> str:
+    return security.create_password_reset_token(user.id, user.hashed_password)
+
+
+def expired_token(user: User) -> str:
+    return security.create_access_token(user.id, expires_delta=timedelta(seconds=-1))
+
+
+def token_signed_with_another_key(user: User) -> str:
+    return jwt.encode(
+        access_claims(user), "another-secret-key-" + "x" * 32, algorithm="HS256"
+    )
+
+
+def token_with_alg_none(user: User) -> str:
+    return jwt.encode(access_claims(user), "", algorithm="none")
+
+
+async def deleted_user_token(
+    db: AsyncSession, make_token: Callable[[User], str]
+) -> str:
+    """A token made for a user who has been deleted since."""
+    doomed = await factories.create_user(db)
+    token = make_token(doomed)
+    await db.delete(doomed)
+    await db.commit()
+    return token
+
+
+@pytest.fixture
+async def inactive_user(db: AsyncSession) -> User:
+    return await factories.create_user(db, is_active=False)
+
+
 def html_body(message: EmailMessage) -> str:
     part = message.get_body(preferencelist=("html",))
     assert part is not None
@@ -53,9 +126,7 @@ class TestLoginAccessToken:
         assert body["token_type"] == "bearer"
         assert body["access_token"]
 
-        me = await client.post(
-            f"{API}/login/test-token", headers=bearer(body["access_token"])
-        )
+        me = await post_test_token(client, bearer(body["access_token"]))
         assert me.status_code == 200
         assert me.json()["id"] == str(user.id)
         assert me.json()["email"] == user.email
@@ -66,7 +137,7 @@ class TestLoginAccessToken:
         response = await login(client, user.email.upper(), factories.DEFAULT_PASSWORD)
         assert response.status_code == 200
         token = response.json()["access_token"]
-        me = await client.post(f"{API}/login/test-token", headers=bearer(token))
+        me = await post_test_token(client, bearer(token))
         assert me.json()["id"] == str(user.id)
 
     async def test_login_wrong_password(self, client: AsyncClient, user: User) -> None:
@@ -82,10 +153,9 @@ class TestLoginAccessToken:
         assert response.json() == {"detail": "Incorrect email or password"}
 
     async def test_login_inactive_user(
-        self, client: AsyncClient, db: AsyncSession
+        self, client: AsyncClient, inactive_user: User
     ) -> None:
-        inactive = await factories.create_user(db, is_active=False)
-        response = await login(client, inactive.email, factories.DEFAULT_PASSWORD)
+        response = await login(client, inactive_user.email, factories.DEFAULT_PASSWORD)
         assert response.status_code == 400
         assert response.json() == {"detail": "Inactive user"}
 
@@ -137,7 +207,7 @@ class TestTestToken:
     async def test_test_token_valid(
         self, client: AsyncClient, user: User, user_headers: dict[str, str]
     ) -> None:
-        response = await client.post(f"{API}/login/test-token", headers=user_headers)
+        response = await post_test_token(client, user_headers)
         assert response.status_code == 200
         body = response.json()
         assert body["id"] == str(user.id)
@@ -147,71 +217,36 @@ class TestTestToken:
         assert "hashed_password" not in body
 
     async def test_test_token_missing(self, client: AsyncClient) -> None:
-        response = await client.post(f"{API}/login/test-token")
-        assert_unauthorized(response)
+        assert_unauthorized(await post_test_token(client))
 
     @pytest.mark.parametrize("token", ["garbage", "a.b.c", ""])
     async def test_test_token_garbage(self, client: AsyncClient, token: str) -> None:
-        response = await client.post(f"{API}/login/test-token", headers=bearer(token))
-        assert_unauthorized(response)
+        assert_unauthorized(await post_test_token(client, bearer(token)))
 
-    async def test_test_token_expired(self, client: AsyncClient, user: User) -> None:
-        token = security.create_access_token(
-            user.id, expires_delta=timedelta(seconds=-1)
-        )
-        response = await client.post(f"{API}/login/test-token", headers=bearer(token))
-        assert_unauthorized(response)
-
-    async def test_test_token_signed_with_another_key(
-        self, client: AsyncClient, user: User
+    @pytest.mark.parametrize(
+        "make_token",
+        [
+            pytest.param(expired_token, id="expired"),
+            pytest.param(token_signed_with_another_key, id="signed_with_another_key"),
+            pytest.param(token_with_alg_none, id="alg_none"),
+            pytest.param(password_reset_token, id="password_reset_token"),
+        ],
+    )
+    async def test_test_token_rejected(
+        self, client: AsyncClient, user: User, make_token: Callable[[User], str]
     ) -> None:
-        now = datetime.now(UTC)
-        claims = {
-            "sub": str(user.id),
-            "type": "access",
-            "iat": now,
-            "exp": now + timedelta(hours=1),
-        }
-        token = jwt.encode(claims, "another-secret-key-" + "x" * 32, algorithm="HS256")
-        response = await client.post(f"{API}/login/test-token", headers=bearer(token))
-        assert_unauthorized(response)
-
-    async def test_test_token_alg_none(self, client: AsyncClient, user: User) -> None:
-        now = datetime.now(UTC)
-        claims = {
-            "sub": str(user.id),
-            "type": "access",
-            "iat": now,
-            "exp": now + timedelta(hours=1),
-        }
-        token = jwt.encode(claims, "", algorithm="none")
-        response = await client.post(f"{API}/login/test-token", headers=bearer(token))
-        assert_unauthorized(response)
-
-    async def test_test_token_password_reset_token_rejected(
-        self, client: AsyncClient, user: User
-    ) -> None:
-        token = security.create_password_reset_token(user.id, user.hashed_password)
-        response = await client.post(f"{API}/login/test-token", headers=bearer(token))
-        assert_unauthorized(response)
+        assert_unauthorized(await post_test_token(client, bearer(make_token(user))))
 
     async def test_test_token_deleted_user(
         self, client: AsyncClient, db: AsyncSession
     ) -> None:
-        doomed = await factories.create_user(db)
-        headers = auth_headers(doomed)
-        await db.delete(doomed)
-        await db.commit()
-        response = await client.post(f"{API}/login/test-token", headers=headers)
-        assert_unauthorized(response)
+        token = await deleted_user_token(db, access_token)
+        assert_unauthorized(await post_test_token(client, bearer(token)))
 
     async def test_test_token_inactive_user(
-        self, client: AsyncClient, db: AsyncSession
+        self, client: AsyncClient, inactive_user: User
     ) -> None:
-        inactive = await factories.create_user(db, is_active=False)
-        response = await client.post(
-            f"{API}/login/test-token", headers=auth_headers(inactive)
-        )
+        response = await post_test_token(client, auth_headers(inactive_user))
         assert response.status_code == 400
         assert response.json() == {"detail": "Inactive user"}
 
@@ -286,10 +321,7 @@ class TestResetPassword:
         assert match is not None
         new_password = "brand-new-password-1"
 
-        response = await client.post(
-            f"{API}/reset-password/",
-            json={"token": match.group(1), "new_password": new_password},
-        )
+        response = await reset_password(client, match.group(1), new_password)
         assert response.status_code == 200
         assert response.json() == {"message": "Password updated successfully"}
 
@@ -301,17 +333,11 @@ class TestResetPassword:
     async def test_reset_password_token_single_use(
         self, client: AsyncClient, user: User
     ) -> None:
-        token = security.create_password_reset_token(user.id, user.hashed_password)
-        first = await client.post(
-            f"{API}/reset-password/",
-            json={"token": token, "new_password": "first-new-password"},
-        )
+        token = password_reset_token(user)
+        first = await reset_password(client, token, "first-new-password")
         assert first.status_code == 200
 
-        second = await client.post(
-            f"{API}/reset-password/",
-            json={"token": token, "new_password": "second-new-password"},
-        )
+        second = await reset_password(client, token, "second-new-password")
         assert second.status_code == 400
         assert second.json() == {"detail": "Invalid token"}
         assert (
@@ -321,24 +347,17 @@ class TestResetPassword:
             await login(client, user.email, "second-new-password")
         ).status_code == 400
 
-    async def test_reset_password_garbage_token(self, client: AsyncClient) -> None:
-        response = await client.post(
-            f"{API}/reset-password/",
-            json={"token": "garbage", "new_password": "brand-new-password"},
-        )
-        assert response.status_code == 400
-        assert response.json() == {"detail": "Invalid token"}
-
-    async def test_reset_password_access_token_rejected(
-        self, client: AsyncClient, user: User
+    @pytest.mark.parametrize(
+        "make_token",
+        [
+            pytest.param(lambda _user: "garbage", id="garbage"),
+            pytest.param(access_token, id="access_token"),
+        ],
+    )
+    async def test_reset_password_invalid_token(
+        self, client: AsyncClient, user: User, make_token: Callable[[User], str]
     ) -> None:
-        response = await client.post(
-            f"{API}/reset-password/",
-            json={
-                "token": security.create_access_token(user.id),
-                "new_password": "brand-new-password",
-            },
-        )
+        response = await reset_password(client, make_token(user))
         assert response.status_code == 400
         assert response.json() == {"detail": "Invalid token"}
         old = await login(client, user.email, factories.DEFAULT_PASSWORD)
@@ -347,38 +366,22 @@ class TestResetPassword:
     async def test_reset_password_deleted_user(
         self, client: AsyncClient, db: AsyncSession
     ) -> None:
-        doomed = await factories.create_user(db)
-        token = security.create_password_reset_token(doomed.id, doomed.hashed_password)
-        await db.delete(doomed)
-        await db.commit()
-        response = await client.post(
-            f"{API}/reset-password/",
-            json={"token": token, "new_password": "brand-new-password"},
-        )
+        token = await deleted_user_token(db, password_reset_token)
+        response = await reset_password(client, token)
         assert response.status_code == 400
         assert response.json() == {"detail": "Invalid token"}
 
     async def test_reset_password_inactive_user(
-        self, client: AsyncClient, db: AsyncSession
+        self, client: AsyncClient, inactive_user: User
     ) -> None:
-        inactive = await factories.create_user(db, is_active=False)
-        token = security.create_password_reset_token(
-            inactive.id, inactive.hashed_password
-        )
-        response = await client.post(
-            f"{API}/reset-password/",
-            json={"token": token, "new_password": "brand-new-password"},
-        )
+        response = await reset_password(client, password_reset_token(inactive_user))
         assert response.status_code == 400
         assert response.json() == {"detail": "Inactive user"}
 
     async def test_reset_password_short_password(
         self, client: AsyncClient, user: User
     ) -> None:
-        token = security.create_password_reset_token(user.id, user.hashed_password)
-        response = await client.post(
-            f"{API}/reset-password/", json={"token": token, "new_password": "short"}
-        )
+        response = await reset_password(client, password_reset_token(user), "short")
         assert response.status_code == 422
         assert isinstance(response.json()["detail"], list)
         old = await login(client, user.email, factories.DEFAULT_PASSWORD)
@@ -389,10 +392,7 @@ class TestPasswordRecoveryHtmlContent:
     async def test_recover_password_html_content_superuser(
         self, client: AsyncClient, user: User, superuser_headers: dict[str, str]
     ) -> None:
-        response = await client.post(
-            f"{API}/password-recovery-html-content/{user.email}",
-            headers=superuser_headers,
-        )
+        response = await recovery_html(client, user.email, superuser_headers)
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/html")
         assert RECOVERY_LINK in response.text
@@ -401,9 +401,8 @@ class TestPasswordRecoveryHtmlContent:
     async def test_recover_password_html_content_unknown_email(
         self, client: AsyncClient, superuser_headers: dict[str, str]
     ) -> None:
-        response = await client.post(
-            f"{API}/password-recovery-html-content/{factories.random_email()}",
-            headers=superuser_headers,
+        response = await recovery_html(
+            client, factories.random_email(), superuser_headers
         )
         assert response.status_code == 404
         assert response.json() == {
@@ -413,17 +412,11 @@ class TestPasswordRecoveryHtmlContent:
     async def test_recover_password_html_content_normal_user(
         self, client: AsyncClient, user: User, user_headers: dict[str, str]
     ) -> None:
-        response = await client.post(
-            f"{API}/password-recovery-html-content/{user.email}",
-            headers=user_headers,
-        )
+        response = await recovery_html(client, user.email, user_headers)
         assert response.status_code == 403
         assert response.json() == {"detail": "The user doesn't have enough privileges"}
 
     async def test_recover_password_html_content_anonymous(
         self, client: AsyncClient, user: User
     ) -> None:
-        response = await client.post(
-            f"{API}/password-recovery-html-content/{user.email}"
-        )
-        assert_unauthorized(response)
+        assert_unauthorized(await recovery_html(client, user.email))

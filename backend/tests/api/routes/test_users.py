@@ -1,7 +1,7 @@
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from httpx import AsyncClient, Response
@@ -78,6 +78,48 @@ async def reload(
     """The row as the database has it now (not the session's cached object)."""
     db.expunge_all()
     return await db.get(model, id_)
+
+
+def user_route(route: str, target: User, superuser: User) -> tuple[str, dict[str, str]]:
+    """URL and headers to act on `target`: /me as itself, or /{id} as `superuser`."""
+    if route == "me":
+        return f"{USERS}/me", auth_headers(target)
+    return f"{USERS}/{target.id}", auth_headers(superuser)
+
+
+async def change_password(
+    client: AsyncClient, headers: dict[str, str] | None, current: str, new: str
+) -> Response:
+    return await client.patch(
+        f"{USERS}/me/password",
+        json={"current_password": current, "new_password": new},
+        headers=headers,
+    )
+
+
+async def assert_user_created(
+    client: AsyncClient,
+    db: AsyncSession,
+    response: Response,
+    payload: dict[str, Any],
+    *,
+    is_superuser: bool,
+) -> None:
+    """The response, the stored row and a login show the account `payload` asked for."""
+    assert response.status_code == 200
+    body = response.json()
+    assert_user_public(body)
+    assert body["email"] == payload["email"]
+    assert body["full_name"] == payload["full_name"]
+    assert body["is_superuser"] is is_superuser
+    assert body["is_active"] is True
+    assert body["created_at"] is not None
+    stored = await reload(db, User, uuid.UUID(body["id"]))
+    assert stored is not None
+    assert stored.email == payload["email"]
+    assert stored.hashed_password.startswith("$argon2")
+    login_response = await login(client, payload["email"], payload["password"])
+    assert login_response.status_code == 200
 
 
 class TestReadUsers:
@@ -180,9 +222,8 @@ class TestCreateUser:
     async def test_create_user_success(
         self, client: AsyncClient, db: AsyncSession, superuser_headers: dict[str, str]
     ) -> None:
-        email = factories.random_email()
         payload = {
-            "email": email,
+            "email": factories.random_email(),
             "password": "new-user-password",
             "full_name": "New User",
             "is_superuser": True,
@@ -190,20 +231,7 @@ class TestCreateUser:
         response = await client.post(
             f"{USERS}/", json=payload, headers=superuser_headers
         )
-        assert response.status_code == 200
-        body = response.json()
-        assert_user_public(body)
-        assert body["email"] == email
-        assert body["full_name"] == "New User"
-        assert body["is_superuser"] is True
-        assert body["is_active"] is True
-        assert body["created_at"] is not None
-
-        stored = await reload(db, User, uuid.UUID(body["id"]))
-        assert stored is not None
-        assert stored.email == email
-        assert stored.hashed_password.startswith("$argon2")
-        assert (await login(client, email, "new-user-password")).status_code == 200
+        await assert_user_created(client, db, response, payload, is_superuser=True)
 
     async def test_create_user_sends_new_account_email(
         self,
@@ -332,61 +360,6 @@ class TestUpdateUserMe:
         assert response.json()["full_name"] == "Only Name"
         assert response.json()["email"] == user.email
 
-    async def test_update_user_me_full_name_null(
-        self, client: AsyncClient, db: AsyncSession, user_headers: dict[str, str]
-    ) -> None:
-        named = await factories.create_user(db, full_name="Has A Name")
-        response = await client.patch(
-            f"{USERS}/me", json={"full_name": None}, headers=auth_headers(named)
-        )
-        assert response.status_code == 200
-        assert response.json()["full_name"] is None
-        assert response.json()["email"] == named.email
-
-    @pytest.mark.parametrize("transform", [str.lower, str.upper])
-    async def test_update_user_me_email_taken(
-        self,
-        client: AsyncClient,
-        db: AsyncSession,
-        user: User,
-        user_headers: dict[str, str],
-        transform: Any,
-    ) -> None:
-        original_email = user.email
-        other = await factories.create_user(db)
-        response = await client.patch(
-            f"{USERS}/me", json={"email": transform(other.email)}, headers=user_headers
-        )
-        assert response.status_code == 409
-        assert response.json() == EMAIL_TAKEN
-        stored = await reload(db, User, user.id)
-        assert stored.email == original_email
-
-    async def test_update_user_me_own_email_case_change(
-        self, client: AsyncClient, user: User, user_headers: dict[str, str]
-    ) -> None:
-        recased = upper_local_part(user.email)
-        response = await client.patch(
-            f"{USERS}/me", json={"email": recased}, headers=user_headers
-        )
-        assert response.status_code == 200
-        assert response.json()["email"] == recased
-
-    @pytest.mark.parametrize(
-        "payload",
-        [
-            {"email": None},
-            {"email": "not-an-email"},
-            {"full_name": "x" * 256},
-            {"full_name": "a\x00b"},
-        ],
-    )
-    async def test_update_user_me_bad_payload(
-        self, client: AsyncClient, user_headers: dict[str, str], payload: dict[str, Any]
-    ) -> None:
-        response = await client.patch(f"{USERS}/me", json=payload, headers=user_headers)
-        assert_validation_error(response)
-
     async def test_update_user_me_anonymous(self, client: AsyncClient) -> None:
         assert_unauthorized(await client.patch(f"{USERS}/me", json={"full_name": "X"}))
 
@@ -395,13 +368,8 @@ class TestUpdatePasswordMe:
     async def test_update_password_me_success(
         self, client: AsyncClient, user: User, user_headers: dict[str, str]
     ) -> None:
-        response = await client.patch(
-            f"{USERS}/me/password",
-            json={
-                "current_password": factories.DEFAULT_PASSWORD,
-                "new_password": "changed-password-1",
-            },
-            headers=user_headers,
+        response = await change_password(
+            client, user_headers, factories.DEFAULT_PASSWORD, "changed-password-1"
         )
         assert response.status_code == 200
         assert response.json() == {"message": "Password updated successfully"}
@@ -415,13 +383,8 @@ class TestUpdatePasswordMe:
     async def test_update_password_me_wrong_current(
         self, client: AsyncClient, user: User, user_headers: dict[str, str]
     ) -> None:
-        response = await client.patch(
-            f"{USERS}/me/password",
-            json={
-                "current_password": "not-my-password",
-                "new_password": "changed-password-1",
-            },
-            headers=user_headers,
+        response = await change_password(
+            client, user_headers, "not-my-password", "changed-password-1"
         )
         assert response.status_code == 400
         assert response.json() == {"detail": "Incorrect password"}
@@ -432,13 +395,8 @@ class TestUpdatePasswordMe:
     async def test_update_password_me_same_as_current(
         self, client: AsyncClient, user_headers: dict[str, str]
     ) -> None:
-        response = await client.patch(
-            f"{USERS}/me/password",
-            json={
-                "current_password": factories.DEFAULT_PASSWORD,
-                "new_password": factories.DEFAULT_PASSWORD,
-            },
-            headers=user_headers,
+        response = await change_password(
+            client, user_headers, factories.DEFAULT_PASSWORD, factories.DEFAULT_PASSWORD
         )
         assert response.status_code == 400
         assert response.json() == {
@@ -462,34 +420,13 @@ class TestUpdatePasswordMe:
         assert_validation_error(response)
 
     async def test_update_password_me_anonymous(self, client: AsyncClient) -> None:
-        response = await client.patch(
-            f"{USERS}/me/password",
-            json={
-                "current_password": factories.DEFAULT_PASSWORD,
-                "new_password": "changed-password-1",
-            },
+        response = await change_password(
+            client, None, factories.DEFAULT_PASSWORD, "changed-password-1"
         )
         assert_unauthorized(response)
 
 
 class TestDeleteUserMe:
-    async def test_delete_user_me_with_items(
-        self,
-        client: AsyncClient,
-        db: AsyncSession,
-        user: User,
-        item: Item,
-        user_headers: dict[str, str],
-    ) -> None:
-        user_id, item_id = user.id, item.id
-        response = await client.delete(f"{USERS}/me", headers=user_headers)
-        assert response.status_code == 200
-        assert response.json() == USER_DELETED
-
-        assert await reload(db, User, user_id) is None
-        assert await reload(db, Item, item_id) is None
-        assert_unauthorized(await client.get(f"{USERS}/me", headers=user_headers))
-
     async def test_delete_user_me_keeps_other_users_items(
         self, client: AsyncClient, db: AsyncSession, item: Item
     ) -> None:
@@ -497,18 +434,6 @@ class TestDeleteUserMe:
         response = await client.delete(f"{USERS}/me", headers=auth_headers(other))
         assert response.status_code == 200
         assert await reload(db, Item, item.id) is not None
-
-    async def test_delete_user_me_superuser(
-        self,
-        client: AsyncClient,
-        db: AsyncSession,
-        superuser: User,
-        superuser_headers: dict[str, str],
-    ) -> None:
-        response = await client.delete(f"{USERS}/me", headers=superuser_headers)
-        assert response.status_code == 403
-        assert response.json() == SUPERUSER_SELF_DELETE
-        assert await reload(db, User, superuser.id) is not None
 
     async def test_delete_user_me_anonymous(self, client: AsyncClient) -> None:
         assert_unauthorized(await client.delete(f"{USERS}/me"))
@@ -518,25 +443,13 @@ class TestRegisterUser:
     async def test_register_user_success(
         self, client: AsyncClient, db: AsyncSession
     ) -> None:
-        email = factories.random_email()
-        response = await client.post(
-            f"{USERS}/signup",
-            json={
-                "email": email,
-                "password": "signup-password",
-                "full_name": "Signed Up",
-            },
-        )
-        assert response.status_code == 200
-        body = response.json()
-        assert_user_public(body)
-        assert body["email"] == email
-        assert body["full_name"] == "Signed Up"
-        assert body["is_superuser"] is False
-        assert body["is_active"] is True
-        stored = await reload(db, User, uuid.UUID(body["id"]))
-        assert stored is not None
-        assert (await login(client, email, "signup-password")).status_code == 200
+        payload = {
+            "email": factories.random_email(),
+            "password": "signup-password",
+            "full_name": "Signed Up",
+        }
+        response = await client.post(f"{USERS}/signup", json=payload)
+        await assert_user_created(client, db, response, payload, is_superuser=False)
 
     async def test_register_user_ignores_is_superuser(
         self, client: AsyncClient, db: AsyncSession
@@ -624,6 +537,194 @@ class TestRegisterUser:
         assert logged_in.status_code == 200
 
 
+# /me and /{id} as a superuser: both edit or delete one user, by the same rules.
+ME_OR_BY_ID = [
+    pytest.param("me", id="me"),
+    pytest.param("by_id", id="by_id"),
+]
+
+
+@pytest.mark.parametrize("route", ME_OR_BY_ID)
+class TestUserMeOrById:
+    async def test_update_user_full_name_null(
+        self, client: AsyncClient, db: AsyncSession, superuser: User, route: str
+    ) -> None:
+        named = await factories.create_user(db, full_name="Has A Name")
+        url, headers = user_route(route, named, superuser)
+        response = await client.patch(url, json={"full_name": None}, headers=headers)
+        assert response.status_code == 200
+        assert response.json()["full_name"] is None
+        assert response.json()["email"] == named.email
+
+    @pytest.mark.parametrize("transform", [str.lower, str.upper])
+    async def test_update_user_email_taken(
+        self,
+        client: AsyncClient,
+        db: AsyncSession,
+        user: User,
+        superuser: User,
+        route: str,
+        transform: Any,
+    ) -> None:
+        original_email = user.email
+        other = await factories.create_user(db)
+        url, headers = user_route(route, user, superuser)
+        response = await client.patch(
+            url, json={"email": transform(other.email)}, headers=headers
+        )
+        assert response.status_code == 409
+        assert response.json() == EMAIL_TAKEN
+        stored = await reload(db, User, user.id)
+        assert stored.email == original_email
+
+    async def test_update_user_own_email_case_change(
+        self, client: AsyncClient, user: User, superuser: User, route: str
+    ) -> None:
+        recased = upper_local_part(user.email)
+        url, headers = user_route(route, user, superuser)
+        response = await client.patch(url, json={"email": recased}, headers=headers)
+        assert response.status_code == 200
+        assert response.json()["email"] == recased
+
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            {"email": None},
+            {"email": "not-an-email"},
+            {"full_name": "x" * 256},
+            {"full_name": "a\x00b"},
+        ],
+    )
+    async def test_update_user_bad_email_or_name(
+        self,
+        client: AsyncClient,
+        user: User,
+        superuser: User,
+        route: str,
+        payload: dict[str, Any],
+    ) -> None:
+        url, headers = user_route(route, user, superuser)
+        response = await client.patch(url, json=payload, headers=headers)
+        assert_validation_error(response)
+
+    async def test_delete_user_with_items(
+        self,
+        client: AsyncClient,
+        db: AsyncSession,
+        user: User,
+        item: Item,
+        superuser: User,
+        route: str,
+    ) -> None:
+        user_id, item_id = user.id, item.id
+        user_headers = auth_headers(user)
+        url, headers = user_route(route, user, superuser)
+        response = await client.delete(url, headers=headers)
+        assert response.status_code == 200
+        assert response.json() == USER_DELETED
+        assert await reload(db, User, user_id) is None
+        assert await reload(db, Item, item_id) is None
+
+        assert_unauthorized(await client.get(f"{USERS}/me", headers=user_headers))
+        again = await client.get(f"{USERS}/{user_id}", headers=auth_headers(superuser))
+        assert again.status_code == 404
+
+    async def test_delete_user_superuser_self(
+        self, client: AsyncClient, db: AsyncSession, superuser: User, route: str
+    ) -> None:
+        url, headers = user_route(route, superuser, superuser)
+        response = await client.delete(url, headers=headers)
+        assert response.status_code == 403
+        assert response.json() == SUPERUSER_SELF_DELETE
+        assert await reload(db, User, superuser.id) is not None
+
+
+class UserByIdRoute(NamedTuple):
+    """One of GET, PATCH (with a valid body) and DELETE /users/{id}, and its 404
+    detail."""
+
+    method: str
+    unknown_detail: str
+    body: dict[str, str] | None = None
+
+    async def send(
+        self, client: AsyncClient, url: str, headers: dict[str, str] | None = None
+    ) -> Response:
+        return await client.request(self.method, url, json=self.body, headers=headers)
+
+
+USER_BY_ID_ROUTES = [
+    pytest.param(UserByIdRoute("GET", "User not found"), id="read_user_by_id"),
+    pytest.param(
+        UserByIdRoute(
+            "PATCH",
+            "The user with this id does not exist in the system",
+            {"full_name": "Hacked"},
+        ),
+        id="update_user",
+    ),
+    pytest.param(UserByIdRoute("DELETE", "User not found"), id="delete_user"),
+]
+
+
+@pytest.mark.parametrize("route", USER_BY_ID_ROUTES)
+class TestUserByIdAccess:
+    async def test_user_by_id_unknown_as_superuser(
+        self,
+        client: AsyncClient,
+        route: UserByIdRoute,
+        superuser_headers: dict[str, str],
+    ) -> None:
+        response = await route.send(
+            client, f"{USERS}/{uuid.uuid4()}", superuser_headers
+        )
+        assert response.status_code == 404
+        assert response.json() == {"detail": route.unknown_detail}
+
+    async def test_user_by_id_unknown_as_normal_user_forbidden(
+        self, client: AsyncClient, route: UserByIdRoute, user_headers: dict[str, str]
+    ) -> None:
+        response = await route.send(client, f"{USERS}/{uuid.uuid4()}", user_headers)
+        assert response.status_code == 403
+        assert response.json() == NOT_ENOUGH_PRIVILEGES
+
+    @pytest.mark.parametrize(
+        "target_is_superuser", [False, True], ids=["user", "superuser"]
+    )
+    async def test_user_by_id_other_user_forbidden(
+        self,
+        client: AsyncClient,
+        db: AsyncSession,
+        route: UserByIdRoute,
+        user_headers: dict[str, str],
+        target_is_superuser: bool,
+    ) -> None:
+        other = await factories.create_user(db, is_superuser=target_is_superuser)
+        response = await route.send(client, f"{USERS}/{other.id}", user_headers)
+        assert response.status_code == 403
+        assert response.json() == NOT_ENOUGH_PRIVILEGES
+        stored = await reload(db, User, other.id)
+        assert stored is not None
+        assert stored.full_name is None
+
+    async def test_user_by_id_malformed(
+        self,
+        client: AsyncClient,
+        route: UserByIdRoute,
+        superuser_headers: dict[str, str],
+    ) -> None:
+        response = await route.send(client, f"{USERS}/not-a-uuid", superuser_headers)
+        assert_validation_error(response)
+
+    async def test_user_by_id_anonymous(
+        self, client: AsyncClient, db: AsyncSession, route: UserByIdRoute, user: User
+    ) -> None:
+        assert_unauthorized(await route.send(client, f"{USERS}/{user.id}"))
+        stored = await reload(db, User, user.id)
+        assert stored is not None
+        assert stored.full_name is None
+
+
 class TestReadUserById:
     async def test_read_user_by_id_self(
         self, client: AsyncClient, user: User, user_headers: dict[str, str]
@@ -641,40 +742,6 @@ class TestReadUserById:
         assert response.status_code == 200
         assert response.json()["id"] == str(user.id)
         assert response.json()["email"] == user.email
-
-    async def test_read_user_by_id_other_user_forbidden(
-        self, client: AsyncClient, superuser: User, user_headers: dict[str, str]
-    ) -> None:
-        response = await client.get(f"{USERS}/{superuser.id}", headers=user_headers)
-        assert response.status_code == 403
-        assert response.json() == NOT_ENOUGH_PRIVILEGES
-
-    async def test_read_user_by_id_unknown_as_normal_user_forbidden(
-        self, client: AsyncClient, user_headers: dict[str, str]
-    ) -> None:
-        response = await client.get(f"{USERS}/{uuid.uuid4()}", headers=user_headers)
-        assert response.status_code == 403
-        assert response.json() == NOT_ENOUGH_PRIVILEGES
-
-    async def test_read_user_by_id_unknown_as_superuser(
-        self, client: AsyncClient, superuser_headers: dict[str, str]
-    ) -> None:
-        response = await client.get(
-            f"{USERS}/{uuid.uuid4()}", headers=superuser_headers
-        )
-        assert response.status_code == 404
-        assert response.json() == {"detail": "User not found"}
-
-    async def test_read_user_by_id_malformed(
-        self, client: AsyncClient, superuser_headers: dict[str, str]
-    ) -> None:
-        response = await client.get(f"{USERS}/not-a-uuid", headers=superuser_headers)
-        assert_validation_error(response)
-
-    async def test_read_user_by_id_anonymous(
-        self, client: AsyncClient, user: User
-    ) -> None:
-        assert_unauthorized(await client.get(f"{USERS}/{user.id}"))
 
 
 class TestUpdateUser:
@@ -735,60 +802,13 @@ class TestUpdateUser:
         assert me.status_code == 400
         assert me.json() == {"detail": "Inactive user"}
 
-    async def test_update_user_unknown(
-        self, client: AsyncClient, superuser_headers: dict[str, str]
-    ) -> None:
-        response = await client.patch(
-            f"{USERS}/{uuid.uuid4()}",
-            json={"full_name": "X"},
-            headers=superuser_headers,
-        )
-        assert response.status_code == 404
-        assert response.json() == {
-            "detail": "The user with this id does not exist in the system"
-        }
-
-    @pytest.mark.parametrize("transform", [str.lower, str.upper])
-    async def test_update_user_email_taken(
-        self,
-        client: AsyncClient,
-        db: AsyncSession,
-        user: User,
-        superuser_headers: dict[str, str],
-        transform: Any,
-    ) -> None:
-        original_email = user.email
-        other = await factories.create_user(db)
-        response = await client.patch(
-            f"{USERS}/{user.id}",
-            json={"email": transform(other.email)},
-            headers=superuser_headers,
-        )
-        assert response.status_code == 409
-        assert response.json() == EMAIL_TAKEN
-        stored = await reload(db, User, user.id)
-        assert stored.email == original_email
-
-    async def test_update_user_own_email_case_change(
-        self, client: AsyncClient, user: User, superuser_headers: dict[str, str]
-    ) -> None:
-        recased = upper_local_part(user.email)
-        response = await client.patch(
-            f"{USERS}/{user.id}", json={"email": recased}, headers=superuser_headers
-        )
-        assert response.status_code == 200
-        assert response.json()["email"] == recased
-
     @pytest.mark.parametrize(
         "payload",
         [
             {"is_active": None},
             {"is_superuser": None},
-            {"email": None},
             {"password": None},
             {"password": "short"},
-            {"email": "not-an-email"},
-            {"full_name": "x" * 256},
         ],
     )
     async def test_update_user_bad_payload(
@@ -803,66 +823,8 @@ class TestUpdateUser:
         )
         assert_validation_error(response)
 
-    async def test_update_user_normal_user(
-        self, client: AsyncClient, db: AsyncSession, user_headers: dict[str, str]
-    ) -> None:
-        other = await factories.create_user(db)
-        response = await client.patch(
-            f"{USERS}/{other.id}", json={"full_name": "Hacked"}, headers=user_headers
-        )
-        assert response.status_code == 403
-        assert response.json() == NOT_ENOUGH_PRIVILEGES
-        stored = await reload(db, User, other.id)
-        assert stored.full_name is None
-
-    async def test_update_user_anonymous(self, client: AsyncClient, user: User) -> None:
-        assert_unauthorized(
-            await client.patch(f"{USERS}/{user.id}", json={"full_name": "X"})
-        )
-
 
 class TestDeleteUser:
-    async def test_delete_user_with_items(
-        self,
-        client: AsyncClient,
-        db: AsyncSession,
-        user: User,
-        item: Item,
-        superuser_headers: dict[str, str],
-    ) -> None:
-        user_id, item_id = user.id, item.id
-        response = await client.delete(f"{USERS}/{user_id}", headers=superuser_headers)
-        assert response.status_code == 200
-        assert response.json() == USER_DELETED
-        assert await reload(db, User, user_id) is None
-        assert await reload(db, Item, item_id) is None
-
-        again = await client.get(f"{USERS}/{user_id}", headers=superuser_headers)
-        assert again.status_code == 404
-
-    async def test_delete_user_unknown(
-        self, client: AsyncClient, superuser_headers: dict[str, str]
-    ) -> None:
-        response = await client.delete(
-            f"{USERS}/{uuid.uuid4()}", headers=superuser_headers
-        )
-        assert response.status_code == 404
-        assert response.json() == {"detail": "User not found"}
-
-    async def test_delete_user_self_superuser(
-        self,
-        client: AsyncClient,
-        db: AsyncSession,
-        superuser: User,
-        superuser_headers: dict[str, str],
-    ) -> None:
-        response = await client.delete(
-            f"{USERS}/{superuser.id}", headers=superuser_headers
-        )
-        assert response.status_code == 403
-        assert response.json() == SUPERUSER_SELF_DELETE
-        assert await reload(db, User, superuser.id) is not None
-
     async def test_delete_user_other_superuser(
         self, client: AsyncClient, db: AsyncSession, superuser_headers: dict[str, str]
     ) -> None:
@@ -873,21 +835,3 @@ class TestDeleteUser:
         assert response.status_code == 200
         assert response.json() == USER_DELETED
         assert await reload(db, User, other_admin.id) is None
-
-    async def test_delete_user_normal_user(
-        self, client: AsyncClient, db: AsyncSession, user_headers: dict[str, str]
-    ) -> None:
-        other = await factories.create_user(db)
-        response = await client.delete(f"{USERS}/{other.id}", headers=user_headers)
-        assert response.status_code == 403
-        assert response.json() == NOT_ENOUGH_PRIVILEGES
-        assert await reload(db, User, other.id) is not None
-
-    async def test_delete_user_malformed_id(
-        self, client: AsyncClient, superuser_headers: dict[str, str]
-    ) -> None:
-        response = await client.delete(f"{USERS}/not-a-uuid", headers=superuser_headers)
-        assert_validation_error(response)
-
-    async def test_delete_user_anonymous(self, client: AsyncClient, user: User) -> None:
-        assert_unauthorized(await client.delete(f"{USERS}/{user.id}"))
