@@ -1,0 +1,185 @@
+"""The stack of scripts/stack.sh (Traefik in front of two backend replicas, Adminer,
+an SMTP sink), started once for this package on a PostgreSQL database of its own
+(`<POSTGRES_DB>_test_stack`, dropped afterwards), and stopped after its last test
+with a check that no process it started is left."""
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import pytest
+from sqlalchemy import URL
+
+from tests.conftest import _empty_database, free_port
+
+BACKEND_DIR = Path(__file__).resolve().parents[2]
+STACK_SH = BACKEND_DIR / "scripts" / "stack.sh"
+SUPERUSER = ("stack-admin@example.com", "stack-admin-password")
+DOMAIN = "localhost"
+PROCESSES = ("smtp", "backend-1", "backend-2", "adminer", "traefik")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Stack:
+    state_dir: Path
+    proxy_port: int
+    adminer_port: int
+    dashboard_port: int
+    backend_ports: tuple[int, int]
+    smtp_port: int
+    database_url: URL
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        """The API and docs through Traefik."""
+        return f"http://{DOMAIN}:{self.proxy_port}"
+
+    @property
+    def adminer_url(self) -> str:
+        return f"http://{DOMAIN}:{self.adminer_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{DOMAIN}:{self.dashboard_port}"
+
+    def backend_url(self, replica: int) -> str:
+        """One replica directly, without the proxy."""
+        return f"http://127.0.0.1:{self.backend_ports[replica - 1]}"
+
+    def pid(self, name: str) -> int:
+        return int((self.state_dir / f"{name}.pid").read_text().split()[0])
+
+    def log(self, name: str) -> str:
+        return (self.state_dir / f"{name}.log").read_text(errors="replace")
+
+
+def process_groups() -> dict[int, int]:
+    """pid -> process group id of every process (zombies included)."""
+    groups = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        groups[int(entry.name)] = int(fields[2])
+    return groups
+
+
+def wait_until(
+    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1
+) -> T:
+    """Poll `probe` until it returns something other than None or False."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="package")
+def stack_database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
+    """`<POSTGRES_DB>_test_stack`: empty, never the app's own database."""
+    tmp_dir = tmp_path_factory.mktemp("stack-db")
+    for url in _empty_database("test_stack", tmp_dir):
+        if url.get_backend_name() != "postgresql":
+            pytest.fail(
+                "The stack tests need PostgreSQL (Adminer, two replicas on one "
+                "database): set POSTGRES_SERVER, or leave tests/stack out of a "
+                "SQLite run."
+            )
+        yield url
+
+
+@pytest.fixture(scope="package")
+def stack(
+    stack_database_url: URL, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    state_dir = tmp_path_factory.mktemp("stack")
+    ports = [free_port() for _ in range(7)]
+    stack = Stack(
+        state_dir=state_dir,
+        proxy_port=ports[0],
+        adminer_port=ports[1],
+        dashboard_port=ports[2],
+        backend_ports=(ports[3], ports[4]),
+        smtp_port=ports[5],
+        database_url=stack_database_url,
+        env={
+            **os.environ,
+            "STACK_STATE_DIR": str(state_dir),
+            "STACK_VENV": sys.prefix,
+            "STACK_PROXY_PORT": str(ports[0]),
+            "STACK_ADMINER_PORT": str(ports[1]),
+            "STACK_DASHBOARD_PORT": str(ports[2]),
+            "STACK_BACKEND_PORTS": f"{ports[3]} {ports[4]}",
+            "STACK_SMTP_PORT": str(ports[5]),
+            "STACK_ADMINER_PHP_PORT": str(ports[6]),
+            "STACK_HEALTHCHECK_INTERVAL": "1s",
+            # Retries are logged at DEBUG only (not in the access log's RetryAttempts).
+            "STACK_TRAEFIK_LOG_LEVEL": "DEBUG",
+            "STACK_START_TIMEOUT": "60",
+            "DOMAIN": DOMAIN,
+            "DATABASE_URL": stack_database_url.render_as_string(hide_password=False),
+            "FIRST_SUPERUSER": SUPERUSER[0],
+            "FIRST_SUPERUSER_PASSWORD": SUPERUSER[1],
+            "SECRET_KEY": "stack-test-secret-key-0123456789abcdefghij",
+            "ENVIRONMENT": "local",
+        },
+    )
+    groups: set[int] = set()
+    try:
+        started = subprocess.run(
+            ["bash", str(STACK_SH), "start"],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=150,
+        )
+        groups = {
+            int((state_dir / f"{name}.pid").read_text().split()[0])
+            for name in PROCESSES
+            if (state_dir / f"{name}.pid").exists()
+        }
+        assert started.returncode == 0, (
+            f"stack.sh start failed:\n{started.stdout}\n{started.stderr}"
+        )
+        assert groups == {stack.pid(name) for name in PROCESSES}
+        yield stack
+    finally:
+        stopped = subprocess.run(
+            ["bash", str(STACK_SH), "stop"],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        # Stopped processes vanish once reaped (by init: they outlive stack.sh).
+        wait_until(
+            lambda: not any(g in groups for g in process_groups().values()),
+            timeout=15,
+            what=f"the stack's processes to end ({stopped.stderr})",
+        )
+        assert stopped.returncode == 0, stopped.stderr
+        assert not list(state_dir.glob("*.pid"))
+
+
+@pytest.fixture
+def proxy(stack: Stack) -> Iterator[httpx.Client]:
+    """A client of the API through Traefik."""
+    with httpx.Client(base_url=stack.url, timeout=10) as client:
+        yield client
