@@ -36,6 +36,8 @@ def test_interpreter_and_test_folder_exist() -> None:
     settings = load("settings.json")
     interpreter = Path(resolve(settings["python.defaultInterpreterPath"]))
     assert os.access(interpreter, os.X_OK)
+    assert Path(resolve(settings["python.envFile"])).is_file()
+    assert Path(resolve(launch_configuration("Debug tests")["envFile"])).is_file()
     testing_cwd = Path(resolve(settings["python.testing.cwd"]))
     for arg in settings["python.testing.pytestArgs"]:
         assert (testing_cwd / arg).is_dir()
