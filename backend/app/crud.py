@@ -1,8 +1,10 @@
 import uuid
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import NamedTuple, TypeVar
 
+from sqlalchemy import tuple_
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import SQLModel, col, func, select
+from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -17,24 +19,38 @@ from app.models import (
     UserUpdateMe,
 )
 
-T = TypeVar("T", bound=SQLModel)
+T = TypeVar("T", Item, User)
 
 
 class EmailAlreadyExistsError(Exception):
     pass
 
 
+class Position(NamedTuple):
+    """Where a list page ends, for keyset pagination: lists sort newest first."""
+
+    created_at: datetime
+    id: uuid.UUID
+
+
+class Page(NamedTuple):
+    skip: int
+    limit: int
+    after: Position | None = None
+
+
 async def _paginate(
-    session: AsyncSession,
-    statement: SelectOfScalar[T],
-    *,
-    order_by: Any,
-    skip: int,
-    limit: int,
+    session: AsyncSession, statement: SelectOfScalar[T], *, model: type[T], page: Page
 ) -> tuple[list[T], int]:
-    """One page of `statement` plus the total it matches, from one filter definition."""
+    """One page of `statement`, newest first, plus the total it matches (cursor or not)."""
     count = await session.scalar(select(func.count()).select_from(statement.subquery()))
-    rows = await session.exec(statement.order_by(*order_by).offset(skip).limit(limit))
+    if page.after is not None:
+        # A row comparison the (…, created_at, id) indexes answer without a scan.
+        statement = statement.where(
+            tuple_(col(model.created_at), col(model.id)) < page.after
+        )
+    statement = statement.order_by(col(model.created_at).desc(), col(model.id).desc())
+    rows = await session.exec(statement.offset(page.skip).limit(page.limit))
     return list(rows.all()), count or 0
 
 
@@ -61,25 +77,16 @@ async def get_user_by_email(*, session: AsyncSession, email: str) -> User | None
     return (await session.exec(statement)).first()
 
 
-async def list_users(
-    *, session: AsyncSession, skip: int, limit: int
-) -> tuple[list[User], int]:
-    order = (col(User.created_at).desc(), col(User.id).desc())
-    return await _paginate(
-        session, select(User), order_by=order, skip=skip, limit=limit
-    )
+async def list_users(*, session: AsyncSession, page: Page) -> tuple[list[User], int]:
+    return await _paginate(session, select(User), model=User, page=page)
 
 
-async def create_user(
-    *, session: AsyncSession, user_create: UserCreate, **extra: Any
-) -> User:
+async def create_user(*, session: AsyncSession, user_create: UserCreate) -> User:
     """Raises EmailAlreadyExistsError when the email is taken, whatever its case."""
     if await get_user_by_email(session=session, email=user_create.email):
         raise EmailAlreadyExistsError(user_create.email)
     hashed_password = await hash_password(user_create.password)
-    user = User.model_validate(
-        user_create, update={"hashed_password": hashed_password, **extra}
-    )
+    user = User.model_validate(user_create, update={"hashed_password": hashed_password})
     return await _commit_user(session, user)
 
 
@@ -138,14 +145,13 @@ async def get_item(*, session: AsyncSession, item_id: uuid.UUID) -> Item | None:
 
 
 async def list_items(
-    *, session: AsyncSession, owner_id: uuid.UUID | None, skip: int, limit: int
+    *, session: AsyncSession, owner_id: uuid.UUID | None, page: Page
 ) -> tuple[list[Item], int]:
     """Items of `owner_id`, or of everyone when it is None; newest first."""
     statement = select(Item)
     if owner_id is not None:
         statement = statement.where(Item.owner_id == owner_id)
-    order = (col(Item.created_at).desc(), col(Item.id).desc())
-    return await _paginate(session, statement, order_by=order, skip=skip, limit=limit)
+    return await _paginate(session, statement, model=Item, page=page)
 
 
 async def create_item(

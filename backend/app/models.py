@@ -145,6 +145,7 @@ class UserPublic(SQLModel):
 class UsersPublic(SQLModel):
     data: list[UserPublic]
     count: int
+    next_cursor: str | None = None
 
 
 # Items
@@ -199,3 +200,4 @@ class ItemPublic(SQLModel):
 class ItemsPublic(SQLModel):
     data: list[ItemPublic]
     count: int
+    next_cursor: str | None = None

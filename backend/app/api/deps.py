@@ -1,7 +1,11 @@
+import base64
 import uuid
-from typing import Annotated, NamedTuple
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import OAuth2PasswordBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -72,9 +76,28 @@ async def get_owned_item(
 OwnedItemDep = Annotated[Item, Depends(get_owned_item)]
 
 
-class Page(NamedTuple):
-    skip: int
-    limit: int
+def next_cursor(rows: Sequence[Item] | Sequence[User], page: crud.Page) -> str | None:
+    """An opaque cursor for the rows after a full page (newest first), else None."""
+    if len(rows) < page.limit:
+        return None
+    position = f"{rows[-1].created_at.isoformat()}|{rows[-1].id}"
+    return base64.urlsafe_b64encode(position.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> crud.Position:
+    try:
+        created_at, row_id = base64.urlsafe_b64decode(cursor).decode().split("|")
+        position = crud.Position(datetime.fromisoformat(created_at), uuid.UUID(row_id))
+    except ValueError:  # bad base64, UTF-8, shape, date or UUID
+        position = None
+    if position is None or position.created_at.tzinfo is None:
+        error = {
+            "type": "value_error",
+            "loc": ("query", "cursor"),
+            "msg": "Invalid cursor",
+        }
+        raise RequestValidationError([{**error, "input": cursor}])
+    return position
 
 
 def pagination(
@@ -82,8 +105,16 @@ def pagination(
     limit: Annotated[
         int, Query(ge=1, le=settings.MAX_PAGE_SIZE)
     ] = settings.MAX_PAGE_SIZE,
-) -> Page:
-    return Page(skip=skip, limit=limit)
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="`next_cursor` of the previous page: keyset pagination, "
+            "fast at any depth (use instead of a growing `skip`).",
+        ),
+    ] = None,
+) -> crud.Page:
+    return crud.Page(skip, limit, decode_cursor(cursor) if cursor else None)
 
 
-PageDep = Annotated[Page, Depends(pagination)]
+PageDep = Annotated[crud.Page, Depends(pagination)]

@@ -25,11 +25,13 @@ async def test_list_items_of_owner_newest_first(db: AsyncSession, user: User) ->
     await db.commit()
 
     own, own_count = await crud.list_items(
-        session=db, owner_id=user.id, skip=0, limit=2
+        session=db, owner_id=user.id, page=crud.Page(skip=0, limit=2)
     )
     assert own_count == 3
     assert [i.id for i in own] == [items[0].id, items[1].id]
-    _, all_count = await crud.list_items(session=db, owner_id=None, skip=0, limit=100)
+    _, all_count = await crud.list_items(
+        session=db, owner_id=None, page=crud.Page(skip=0, limit=100)
+    )
     assert all_count == 4
 
 
@@ -45,3 +47,28 @@ async def test_delete_item(db: AsyncSession, item: Item) -> None:
     await crud.delete_item(session=db, item=item)
     db.expunge_all()
     assert await crud.get_item(session=db, item_id=item.id) is None
+
+
+async def test_list_items_after_position_continues_newest_first(
+    db: AsyncSession, user: User
+) -> None:
+    created_at = datetime.now(UTC)
+    # Equal timestamps: the id breaks the tie, so no row is skipped or repeated.
+    items = [await factories.create_item(db, owner=user) for _ in range(5)]
+    for item in items:
+        item.created_at = created_at
+    await db.commit()
+    expected = sorted(items, key=lambda item: item.id, reverse=True)
+
+    seen: list[Item] = []
+    after = None
+    while True:
+        page, count = await crud.list_items(
+            session=db, owner_id=user.id, page=crud.Page(skip=0, limit=2, after=after)
+        )
+        assert count == 5
+        if not page:
+            break
+        seen += page
+        after = crud.Position(page[-1].created_at, page[-1].id)
+    assert [i.id for i in seen] == [i.id for i in expected]

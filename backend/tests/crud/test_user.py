@@ -133,6 +133,6 @@ async def test_list_users_newest_first_with_total(db: AsyncSession) -> None:
         user.created_at = now - timedelta(minutes=age)
         db.add(user)
     await db.commit()
-    page, count = await crud.list_users(session=db, skip=1, limit=1)
+    page, count = await crud.list_users(session=db, page=crud.Page(skip=1, limit=1))
     assert count == 3
     assert [u.id for u in page] == [users[1].id]

@@ -1,7 +1,7 @@
 from fastapi import APIRouter
 
 from app import crud
-from app.api.deps import CurrentUser, OwnedItemDep, PageDep, SessionDep
+from app.api.deps import CurrentUser, OwnedItemDep, PageDep, SessionDep, next_cursor
 from app.models import Item, ItemCreate, ItemPublic, ItemsPublic, ItemUpdate, Message
 
 router = APIRouter(prefix="/items", tags=["items"])
@@ -13,11 +13,11 @@ async def read_items(
 ) -> ItemsPublic:
     """List your items, newest first (a superuser sees everyone's)."""
     owner_id = None if current_user.is_superuser else current_user.id
-    items, count = await crud.list_items(
-        session=session, owner_id=owner_id, skip=page.skip, limit=page.limit
-    )
+    items, count = await crud.list_items(session=session, owner_id=owner_id, page=page)
     return ItemsPublic(
-        data=[ItemPublic.model_validate(item) for item in items], count=count
+        data=[ItemPublic.model_validate(item) for item in items],
+        count=count,
+        next_cursor=next_cursor(items, page),
     )
 
 

@@ -3,7 +3,13 @@ import uuid
 from fastapi import APIRouter, BackgroundTasks, HTTPException, status
 
 from app import crud, emails
-from app.api.deps import CurrentSuperuser, CurrentUser, PageDep, SessionDep
+from app.api.deps import (
+    CurrentSuperuser,
+    CurrentUser,
+    PageDep,
+    SessionDep,
+    next_cursor,
+)
 from app.core import security
 from app.models import (
     Message,
@@ -35,11 +41,11 @@ async def read_users(
     session: SessionDep, _superuser: CurrentSuperuser, page: PageDep
 ) -> UsersPublic:
     """List users, newest first (superuser only)."""
-    users, count = await crud.list_users(
-        session=session, skip=page.skip, limit=page.limit
-    )
+    users, count = await crud.list_users(session=session, page=page)
     return UsersPublic(
-        data=[UserPublic.model_validate(user) for user in users], count=count
+        data=[UserPublic.model_validate(user) for user in users],
+        count=count,
+        next_cursor=next_cursor(users, page),
     )
 
 

@@ -109,7 +109,7 @@ class TestReadItems:
         response = await client.get(ITEMS, params={"skip": 10}, headers=user_headers)
 
         assert response.status_code == 200
-        assert response.json() == {"data": [], "count": 2}
+        assert response.json() == {"data": [], "count": 2, "next_cursor": None}
 
     async def test_read_items_superuser_sees_all(
         self,
@@ -597,3 +597,55 @@ class TestConcurrentUpdates:
             stored = await session.get(Item, item.id)
             assert stored is not None
             assert stored.title in titles
+
+
+class TestReadItemsCursor:
+    async def test_read_items_cursor_walks_every_item_once(
+        self,
+        client: AsyncClient,
+        db: AsyncSession,
+        user: User,
+        user_headers: dict[str, str],
+    ) -> None:
+        items = await create_dated_items(
+            db, owner=user, count=5, newest=datetime.now(UTC)
+        )
+        seen: list[str] = []
+        url = f"{ITEMS}?limit=2"
+        while True:
+            body = (await client.get(url, headers=user_headers)).json()
+            assert body["count"] == 5
+            seen += [item["id"] for item in body["data"]]
+            if body["next_cursor"] is None:
+                break
+            url = f"{ITEMS}?limit=2&cursor={body['next_cursor']}"
+        assert seen == [str(item.id) for item in items]
+
+    async def test_read_items_last_partial_page_has_no_cursor(
+        self,
+        client: AsyncClient,
+        db: AsyncSession,
+        user: User,
+        user_headers: dict[str, str],
+    ) -> None:
+        await create_dated_items(db, owner=user, count=3, newest=datetime.now(UTC))
+        body = (await client.get(f"{ITEMS}?limit=5", headers=user_headers)).json()
+        assert len(body["data"]) == 3
+        assert body["next_cursor"] is None
+
+    @pytest.mark.parametrize(
+        "cursor",
+        [
+            "not-base64!",
+            "bm90IGEgY3Vyc29y",  # "not a cursor"
+            "MjAyNi0wMS0wMVQwMDowMDowMHxub3QtYS11dWlk",  # date|not-a-uuid
+            "MjAyNi0wMS0wMVQwMDowMDowMHwwMDAwMDAwMC0wMDAwLTAwMDAtMDAwMC0wMDAwMDAwMDAwMDA=",  # naive date
+            "x" * 201,
+        ],
+    )
+    async def test_read_items_bad_cursor_422(
+        self, client: AsyncClient, user_headers: dict[str, str], cursor: str
+    ) -> None:
+        response = await client.get(f"{ITEMS}?cursor={cursor}", headers=user_headers)
+        assert response.status_code == 422
+        assert_validation_error(response.json(), "cursor")

@@ -167,7 +167,7 @@ class TestReadUsers:
             f"{USERS}/", params={"skip": 10}, headers=superuser_headers
         )
         assert beyond.status_code == 200
-        assert beyond.json() == {"data": [], "count": 4}
+        assert beyond.json() == {"data": [], "count": 4, "next_cursor": None}
 
     async def test_read_users_single_user(
         self, client: AsyncClient, superuser_headers: dict[str, str]
