@@ -2,7 +2,8 @@
 each test runs in a transaction rolled back at its end."""
 
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -114,17 +115,27 @@ async def db(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
         await transaction.rollback()
 
 
+@asynccontextmanager
+async def client_using(
+    get_session: Callable[[], AsyncIterator[AsyncSession]],
+) -> AsyncIterator[AsyncClient]:
+    """An HTTP client on the app whose requests take their session from `get_session`."""
+    app.dependency_overrides[get_db] = get_session
+    try:
+        transport = ASGITransport(app=app)
+        async with AsyncClient(transport=transport, base_url="http://test") as ac:
+            yield ac
+    finally:
+        app.dependency_overrides.clear()
+
+
 @pytest.fixture
 async def client(db: AsyncSession) -> AsyncIterator[AsyncClient]:
     async def get_test_db() -> AsyncIterator[AsyncSession]:
         yield db
 
-    app.dependency_overrides[get_db] = get_test_db
-    async with AsyncClient(
-        transport=ASGITransport(app=app), base_url="http://test"
-    ) as ac:
+    async with client_using(get_test_db) as ac:
         yield ac
-    app.dependency_overrides.clear()
 
 
 @pytest.fixture
@@ -137,12 +148,8 @@ async def committing_client(engine: AsyncEngine) -> AsyncIterator[AsyncClient]:
         async with sessions() as session:
             yield session
 
-    app.dependency_overrides[get_db] = get_committing_db
-    async with AsyncClient(
-        transport=ASGITransport(app=app), base_url="http://test"
-    ) as ac:
+    async with client_using(get_committing_db) as ac:
         yield ac
-    app.dependency_overrides.clear()
     async with sessions() as session:
         await session.exec(delete(Item))
         await session.exec(delete(User))
