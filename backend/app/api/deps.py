@@ -45,8 +45,11 @@ async def get_current_user(session: SessionDep, token: TokenDep) -> User:
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
+# Dependencies are `async def` even without I/O: FastAPI runs plain `def` ones
+# in its thread pool, a thread hop on every request.
 
-def get_current_active_superuser(current_user: CurrentUser) -> User:
+
+async def get_current_active_superuser(current_user: CurrentUser) -> User:
     if not current_user.is_superuser:
         raise HTTPException(
             status_code=status.HTTP_403_FORBIDDEN,
@@ -100,7 +103,7 @@ def decode_cursor(cursor: str) -> crud.Position:
     return position
 
 
-def pagination(
+async def pagination(
     skip: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[
         int, Query(ge=1, le=settings.MAX_PAGE_SIZE)
