@@ -24,7 +24,7 @@ from app.core.config import settings
 logger = logging.getLogger(__name__)
 
 ALGORITHM = "HS256"
-HASHING_NICENESS = 10
+HASHING_NICENESS = 19  # the lowest priority: hashing yields to serving requests
 T = TypeVar("T")
 TokenType = Literal["access", "password_reset"]
 
