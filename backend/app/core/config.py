@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     POSTGRES_PASSWORD: str = ""
     POSTGRES_DB: str = "app"
     SQLITE_PATH: Path = BACKEND_DIR / "app.db"
-    DB_POOL_SIZE: int = Field(default=10, ge=1)
+    DB_POOL_SIZE: int = Field(default=20, ge=1)
     DB_MAX_OVERFLOW: int = Field(default=10, ge=0)
     DB_POOL_TIMEOUT: float = Field(default=10.0, gt=0)
     DB_POOL_RECYCLE: int = 1800

@@ -42,11 +42,13 @@ async def read_users(
 ) -> UsersPublic:
     """List users, newest first (superuser only)."""
     users, count = await crud.list_users(session=session, page=page)
-    return UsersPublic(
-        data=[UserPublic.model_validate(user) for user in users],
-        count=count,
-        next_cursor=next_cursor(users, page),
-    )
+    # One validation of the whole page (not one per row): pydantic-core reads the rows.
+    page_content = {
+        "data": users,
+        "count": count,
+        "next_cursor": next_cursor(users, page),
+    }
+    return UsersPublic.model_validate(page_content, from_attributes=True)
 
 
 @router.post("/", response_model=UserPublic)

@@ -1,0 +1,712 @@
+"""Load benchmark of the API, end to end, on a database of its own.
+
+Usage, from the repository root (run.sh installs uv, the locked dependencies
+and wrk if missing, then runs this module with `uv run`):
+
+    bash backend/bench/run.sh [--duration 10] [--warmup 3] [--concurrency 32]
+                              [--threads 1] [--keep] [--no-check-exit]
+
+PostgreSQL: POSTGRES_SERVER/PORT/USER/PASSWORD (default 127.0.0.1:5432, user
+postgres), which must allow CREATE DATABASE. Everything listens on 127.0.0.1.
+
+1. Creates `bench_<timestamp>_<pid>` (never the app's database), migrates it
+   with `alembic upgrade head`, seeds 10,000 users (one Argon2 hash of a known
+   password) and 10,000 items: the reader (user 0) and the writer (user 1) own
+   exactly 100 items each.
+2. Serves the app the production way: gunicorn with 2 uvicorn workers,
+   ENVIRONMENT=production (JSON log lines, to a log file), a fixed SECRET_KEY.
+   Each scenario is a warm-up (`--warmup` s) then `--duration` s of wrk
+   (bench/load.lua) at `--concurrency` connections:
+     ceiling          bench/ceiling.py, one SELECT 1 per request (same engine)
+     items 10k / 1M   GET /items/?limit=100 as the reader, before and after
+                      topping the table up to 1,000,000 rows (VACUUM ANALYZE)
+     sequential       200 GET /items/?limit=100 one after the other (1M rows)
+     users/me, PUT /items/{id} (the writer's 100, rotating), POST /items/,
+     POST /login/access-token (Argon2: CPU-bound, few per second),
+     users/me at 8 connections alone, then during 16 concurrent logins,
+     users/me through Traefik (the repo's traefik/dynamic routing files).
+   Then a fresh server for memory: each worker's RSS after 10,000 and after
+   100,000 requests of /users/me.
+3. Prints a Markdown table (req/s, latency percentiles, errors = every non-2xx
+   response and socket error, ratio to the ceiling), the targets as PASS/FAIL
+   lines, and writes everything to backend/bench/results/<timestamp>.json.
+
+Drops the database at the end unless --keep. Logs (servers, wrk, Traefik) go to
+a temporary directory, removed on success, kept and named on failure or with
+--keep. Exit status: 0 when every target passes, 1 when one fails (0 with
+--no-check-exit), 2 on an error.
+"""
+
+import argparse
+import http.client
+import json
+import math
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.parse
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import db
+from bench.servers import (
+    BACKEND_DIR,
+    CpuSample,
+    Load,
+    Process,
+    cpu_used,
+    finish_wrk,
+    gunicorn,
+    rss_kib,
+    sample_cpu,
+    start_wrk,
+    traefik,
+    wait_idle,
+    wrk,
+)
+
+RESULTS_DIR = Path(__file__).with_name("results")
+CEILING = "ceiling: SELECT 1 (bench/ceiling.py)"
+SECRET_KEY = "bench-only-secret-key-0123456789-abcdefghijklmnop"
+PASSWORD = "bench-password-1234"
+API = "/api/v1"
+HEALTH = f"{API}/utils/health-check/"
+JSON_TYPE = "application/json"
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+def say(message: str) -> None:
+    sys.stderr.write(f"bench [{time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+def out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.sh",
+        description="Load benchmark of the API (see the module docstring).",
+    )
+    parser.add_argument(
+        "--duration", type=int, default=10, help="seconds measured per scenario (10)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="seconds of warm-up per scenario (3)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=32, help="wrk connections (32)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="wrk threads per run (1)"
+    )
+    parser.add_argument(
+        "--users", type=int, default=10_000, help="users seeded (10000)"
+    )
+    parser.add_argument(
+        "--small-items", type=int, default=10_000, help="items, first measure (10000)"
+    )
+    parser.add_argument(
+        "--items", type=int, default=1_000_000, help="items, second measure (1000000)"
+    )
+    parser.add_argument(
+        "--memory-requests",
+        type=int,
+        default=100_000,
+        help="memory run length (100000)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the database and the logs"
+    )
+    parser.add_argument(
+        "--no-check-exit", action="store_true", help="exit 0 even when a target fails"
+    )
+    args = parser.parse_args(argv)
+    if (
+        args.users < 3
+        or args.small_items < 2 * db.OWN_ITEMS
+        or args.items < args.small_items
+    ):
+        parser.error("need --users >= 3 and --items >= --small-items >= 200")
+    return args
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class Results:
+    scenarios: dict[str, Load] = field(default_factory=dict)
+    concurrency: dict[str, int] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    memory_kib: dict[str, dict[str, int]] = field(default_factory=dict)
+    memory_requests: dict[str, int] = field(default_factory=dict)
+    cpu_s: dict[str, dict[str, float]] = field(default_factory=dict)
+    db_sessions: dict[str, int] = field(default_factory=dict)
+
+
+class Bench:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        env: dict[str, str],
+        state: Path,
+        server: db.Server,
+        database: str,
+    ) -> None:
+        self.args = args
+        self.env = env
+        self.state = state
+        self.server = server
+        self.database = database
+        self.wrk_log = state / "wrk.log"
+        self.processes: list[Process] = []
+        self.results = Results()
+
+    # --- processes ---------------------------------------------------------
+
+    def serve(self, name: str, app: str) -> tuple[Process, str]:
+        proc, url = gunicorn(name, app, env=self.env, state=self.state)
+        self.processes.append(proc)
+        proc.wait_http(url + (HEALTH if app.startswith("app.") else "/"))
+        return proc, url
+
+    def stop(self, proc: Process) -> None:
+        proc.stop()
+        self.processes.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+        self.processes.clear()
+
+    def sample(self) -> tuple[CpuSample, int]:
+        """CPU times and the database's session count, to diff around a run."""
+        groups: dict[str, list[int]] = {}
+        for proc in self.processes:
+            group = "traefik" if proc.name == "traefik" else "app"
+            groups.setdefault(group, []).extend([proc.pid, *proc.children()])
+        cpu = sample_cpu(groups, self.database)
+        return cpu, db.sessions(self.server, self.database)
+
+    def usage(self, start: tuple[CpuSample, int]) -> dict[str, float]:
+        cpu, sessions = self.sample()
+        return {**cpu_used(start[0], cpu), "db_sessions": sessions - start[1]}
+
+    # --- load ----------------------------------------------------------------
+
+    def run_wrk(
+        self, url: str, seconds: int, concurrency: int, args: dict[str, str]
+    ) -> Load:
+        return wrk(
+            url,
+            concurrency=concurrency,
+            seconds=seconds,
+            threads=self.args.threads,
+            args=args,
+            log=self.wrk_log,
+        )
+
+    def measure(
+        self, name: str, url: str, args: dict[str, str], concurrency: int | None = None
+    ) -> Load:
+        """Warm-up, then the measured run, recorded under `name`."""
+        concurrency = concurrency or self.args.concurrency
+        say(f"{name} (c{concurrency})")
+        wait_idle(self.processes)
+        if self.args.warmup:
+            self.run_wrk(url, self.args.warmup, concurrency, args)
+        start = self.sample()
+        load = self.run_wrk(url, self.args.duration, concurrency, args)
+        self.record(name, load, concurrency, self.usage(start))
+        return load
+
+    def record(
+        self,
+        name: str,
+        load: Load,
+        concurrency: int,
+        usage: dict[str, float] | None = None,
+    ) -> None:
+        """`usage`: CPU seconds by process group and new database sessions."""
+        self.results.scenarios[name] = load
+        self.results.concurrency[name] = concurrency
+        if usage:
+            self.results.db_sessions[name] = int(usage.pop("db_sessions"))
+            self.results.cpu_s[name] = usage
+        say(
+            f"  {load.rps:,.1f} req/s, p50 {load.ms('p50'):.2f} ms,"
+            f" p99 {load.ms('p99'):.2f} ms, errors {load.errors}"
+        )
+
+    def sequential(
+        self, name: str, base: str, path: str, token: str, count: int
+    ) -> None:
+        """`count` requests one after the other on one keep-alive connection."""
+        say(f"{name} ({count} sequential requests)")
+        wait_idle(self.processes)
+        conn = http.client.HTTPConnection(
+            urllib.parse.urlsplit(base).netloc, timeout=10
+        )
+        headers = {"Authorization": f"Bearer {token}"}
+        latencies: list[float] = []
+        statuses: dict[str, int] = {}
+
+        def get() -> None:
+            started = time.perf_counter()
+            conn.request("GET", path, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            latencies.append(time.perf_counter() - started)
+            if not 200 <= response.status < 300:
+                key = str(response.status)
+                statuses[key] = statuses.get(key, 0) + 1
+
+        try:
+            for _ in range(20):  # warm-up
+                get()
+            latencies.clear()
+            statuses.clear()
+            start = self.sample()
+            for _ in range(count):
+                get()
+            cpu = self.usage(start)
+        finally:
+            conn.close()
+        cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+        load = Load(
+            requests=count,
+            seconds=sum(latencies),
+            non2xx=sum(statuses.values()),
+            statuses=statuses,
+            socket_errors={},
+            latency_us={
+                "p50": cuts[49] * 1e6,
+                "p90": cuts[89] * 1e6,
+                "p99": cuts[98] * 1e6,
+                "max": max(latencies) * 1e6,
+                "mean": statistics.fmean(latencies) * 1e6,
+            },
+        )
+        self.record(name, load, 1, cpu)
+
+    def during_logins(
+        self, name: str, url: str, me: dict[str, str], login_args: dict[str, str]
+    ) -> None:
+        """/users/me at 8 connections while 16 connections log in without pause."""
+        say(f"{name}: 16 logging in, /users/me at c8")
+        wait_idle(self.processes)
+        seconds = self.args.warmup + self.args.duration + 1
+        logins = start_wrk(
+            url + f"{API}/login/access-token",
+            concurrency=16,
+            seconds=seconds,
+            threads=self.args.threads,
+            args=login_args,
+            log=self.wrk_log,
+        )
+        try:
+            time.sleep(self.args.warmup)  # the burst is under way
+            probe = self.run_wrk(url + f"{API}/users/me", self.args.duration, 8, me)
+            login_load = finish_wrk(logins, timeout=seconds + 60, log=self.wrk_log)
+        finally:
+            if logins.poll() is None:
+                logins.kill()
+                logins.wait()
+        self.record(name, probe, 8)
+        self.record("POST /login/access-token, beside it", login_load, 16)
+
+    def memory(self, url: str, proc: Process, me: dict[str, str]) -> None:
+        """Each worker's RSS after the first 10k requests and after `--memory-requests`."""
+        workers = proc.children()
+        done = 0
+        deadline = time.monotonic() + 600
+        for target in (10_000, self.args.memory_requests):
+            say(f"memory: /users/me until {target:,} requests")
+            while done < target and time.monotonic() < deadline:
+                per_thread = math.ceil((target - done) / self.args.threads)
+                load = self.run_wrk(
+                    url + f"{API}/users/me",
+                    5,
+                    self.args.concurrency,
+                    {**me, "stop": str(per_thread)},
+                )
+                if load.errors:
+                    self.record(
+                        f"memory run, errors ({target:,})", load, self.args.concurrency
+                    )
+                done += load.requests
+            label = f"after_{target}"
+            self.results.memory_requests[label] = done
+            for pid in workers:
+                self.results.memory_kib.setdefault(str(pid), {})[label] = rss_kib(pid)
+        if proc.children() != workers:
+            raise RuntimeError("a gunicorn worker was replaced during the memory run")
+
+
+def login(base: str, user: int) -> str:
+    body = urllib.parse.urlencode(
+        {"username": db.email(user), "password": PASSWORD}
+    ).encode()
+    with urllib.request.urlopen(
+        f"{base}{API}/login/access-token", data=body, timeout=30
+    ) as response:
+        token: str = json.load(response)["access_token"]
+        return token
+
+
+def write_lines(path: Path, lines: list[str]) -> str:
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def run(bench: Bench, server: db.Server, db_name: str) -> None:
+    args, state, results = bench.args, bench.state, bench.results
+    started = time.monotonic()
+    db.create_database(server, db_name)
+    say(f"database {db_name}: alembic upgrade head")
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=BACKEND_DIR,
+        env=bench.env,
+        check=True,
+        timeout=300,
+        stdout=subprocess.DEVNULL,
+        stderr=(state / "alembic.log").open("w"),
+    )
+    results.timings_s["migrate"] = time.monotonic() - started
+
+    from app.core.security import password_hash  # after the environment is set
+
+    say(f"seeding {args.users:,} users, {args.small_items:,} items")
+    started = time.monotonic()
+    with server.connect(db_name) as conn:
+        db.seed_users(conn, args.users, password_hash.hash(PASSWORD))
+        db.add_items(conn, args.small_items)
+        put_ids = db.own_item_ids(conn, 1)
+    results.timings_s["seed_small"] = time.monotonic() - started
+
+    ceiling, url = bench.serve("ceiling", "bench.ceiling:app")
+    bench.measure(CEILING, url + "/", {})
+    bench.stop(ceiling)
+
+    api, url = bench.serve("api", "app.main:app")
+    me = {"token": login(url, 0)}
+    writer = {"token": login(url, 1), "type": JSON_TYPE}
+    items = url + f"{API}/items/?limit=100"
+    bench.measure(f"GET /items/?limit=100, {args.small_items:,} rows", items, me)
+
+    say(f"topping items up to {args.items:,} rows, VACUUM ANALYZE")
+    started = time.monotonic()
+    with server.connect(db_name) as conn:
+        db.add_items(conn, args.items)
+    results.timings_s["seed_large"] = time.monotonic() - started
+    say(f"  {results.timings_s['seed_large']:.1f} s")
+
+    bench.measure(f"GET /items/?limit=100, {args.items:,} rows", items, me)
+    bench.sequential(
+        f"GET /items/?limit=100, {args.items:,} rows, sequential",
+        url,
+        f"{API}/items/?limit=100",
+        me["token"],
+        200,
+    )
+    bench.measure("GET /users/me", url + f"{API}/users/me", me)
+    put_body = json.dumps({"title": "Updated by bench", "description": "PUT by wrk"})
+    ids_file = write_lines(state / "put-ids.txt", put_ids)
+    bench.measure(
+        "PUT /items/{id}",
+        url + f"{API}/items/{{id}}",
+        {**writer, "method": "PUT", "body": put_body, "ids": ids_file},
+    )
+    post_body = json.dumps({"title": "Posted by bench", "description": "POST by wrk"})
+    bench.measure(
+        "POST /items/",
+        url + f"{API}/items/",
+        {**writer, "method": "POST", "body": post_body},
+    )
+    forms = [
+        urllib.parse.urlencode({"username": db.email(n), "password": PASSWORD})
+        for n in range(min(args.users, 1000))
+    ]
+    login_args = {
+        "method": "POST",
+        "type": FORM_TYPE,
+        "bodies": write_lines(state / "logins.txt", forms),
+    }
+    bench.measure(
+        "POST /login/access-token", url + f"{API}/login/access-token", login_args
+    )
+    bench.measure("GET /users/me, c8 idle", url + f"{API}/users/me", me, concurrency=8)
+    bench.during_logins("GET /users/me, c8 during 16 logins", url, me, login_args)
+
+    proxy, proxy_url = traefik(url, state=state)
+    bench.processes.append(proxy)
+    proxy.wait_http(proxy_url + HEALTH, host="localhost", timeout=30)
+    bench.measure(
+        "GET /users/me through Traefik",
+        proxy_url + f"{API}/users/me",
+        {**me, "host": "localhost"},
+    )
+    bench.stop(proxy)
+    bench.stop(api)
+
+    api, url = bench.serve("api-memory", "app.main:app")
+    bench.memory(url, api, {"token": login(url, 0)})
+    bench.stop(api)
+
+
+def ratio(value: float, reference: float) -> float:
+    return value / reference if reference else math.nan
+
+
+def checks(bench: Bench) -> list[Check]:
+    args, res = bench.args, bench.results
+    s = res.scenarios
+    ceiling = s[CEILING]
+    me = s["GET /users/me"]
+    small = s[f"GET /items/?limit=100, {args.small_items:,} rows"]
+    large = s[f"GET /items/?limit=100, {args.items:,} rows"]
+    single = s[f"GET /items/?limit=100, {args.items:,} rows, sequential"]
+    proxied = s["GET /users/me through Traefik"]
+    idle = s["GET /users/me, c8 idle"]
+    burst = s["GET /users/me, c8 during 16 logins"]
+    result = [
+        Check(
+            "/users/me req/s >= 40% of the ceiling",
+            me.rps >= 0.4 * ceiling.rps,
+            f"{me.rps:,.0f} vs {ceiling.rps:,.0f} req/s = {ratio(me.rps, ceiling.rps):.0%}",
+        ),
+        Check(
+            f"items list at {args.items:,} rows: req/s within 1.3x of {args.small_items:,}",
+            large.rps * 1.3 >= small.rps,
+            f"{large.rps:,.0f} vs {small.rps:,.0f} req/s = 1/{ratio(small.rps, large.rps):.2f}",
+        ),
+        Check(
+            f"items list at {args.items:,} rows: p50 within 1.3x of {args.small_items:,}",
+            large.ms("p50") <= 1.3 * small.ms("p50"),
+            f"{large.ms('p50'):.2f} vs {small.ms('p50'):.2f} ms = {ratio(large.ms('p50'), small.ms('p50')):.2f}x",
+        ),
+        Check(
+            "single-request p50 of the items list at 1M rows < 10 ms",
+            single.ms("p50") < 10,
+            f"{single.ms('p50'):.2f} ms",
+        ),
+        Check(
+            "/users/me through Traefik >= 85% of direct",
+            proxied.rps >= 0.85 * me.rps,
+            f"{proxied.rps:,.0f} vs {me.rps:,.0f} req/s = {ratio(proxied.rps, me.rps):.0%}"
+            f" (Traefik, wrk, PostgreSQL and the workers share {os.cpu_count()} CPUs)",
+        ),
+    ]
+    with_errors = {name: load.errors for name, load in s.items() if load.errors}
+    result.append(
+        Check(
+            "zero errors in every scenario",
+            not with_errors,
+            ", ".join(
+                f"{name}: {n} ({s[name].statuses or s[name].socket_errors})"
+                for name, n in with_errors.items()
+            )
+            or f"{sum(load.requests for load in s.values()):,} requests, none failed",
+        )
+    )
+    growth = {
+        pid: ratio(kib["after_" + str(args.memory_requests)], kib["after_10000"]) - 1
+        for pid, kib in res.memory_kib.items()
+    }
+    result.append(
+        Check(
+            f"per-worker RSS after {args.memory_requests:,} requests within 10% of after 10,000",
+            all(abs(g) <= 0.10 for g in growth.values()),
+            ", ".join(
+                f"pid {pid}: {res.memory_kib[pid]['after_10000'] / 1024:.1f} -> "
+                f"{res.memory_kib[pid]['after_' + str(args.memory_requests)] / 1024:.1f} MiB ({g:+.1%})"
+                for pid, g in growth.items()
+            ),
+        )
+    )
+    result.append(
+        Check(
+            "/users/me p99 during 16 concurrent logins <= 3x idle p99",
+            burst.ms("p99") <= 3 * idle.ms("p99"),
+            f"{burst.ms('p99'):.2f} vs {idle.ms('p99'):.2f} ms = {ratio(burst.ms('p99'), idle.ms('p99')):.1f}x",
+        )
+    )
+    return result
+
+
+def report(bench: Bench, result_checks: list[Check], wall: float, path: Path) -> None:
+    res = bench.results
+    ceiling = res.scenarios[CEILING].rps
+    cpus = os.cpu_count() or 1
+    out(
+        "| scenario | conc. | req/s | p50 ms | p90 ms | p99 ms | errors"
+        " | ratio to ceiling | app CPU ms/req | new DB conn/s |"
+    )
+    out("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    notes = []
+    for name, load in res.scenarios.items():
+        cpu = res.cpu_s.get(name)
+        app_cpu = (
+            f"{cpu['app'] * 1000 / load.requests:.2f}" if cpu and load.requests else "-"
+        )
+        sessions = res.db_sessions.get(name)
+        conns = "-" if sessions is None else f"{sessions / load.seconds:,.0f}"
+        out(
+            f"| {name} | {res.concurrency[name]} | {load.rps:,.1f} | {load.ms('p50'):.2f}"
+            f" | {load.ms('p90'):.2f} | {load.ms('p99'):.2f} | {load.errors}"
+            f" | {ratio(load.rps, ceiling):.2f} | {app_cpu} | {conns} |"
+        )
+        if cpu and cpu["other"] > 0.1 * load.seconds * cpus:
+            notes.append(
+                f"NOTE: {name}: {cpu['other'] / load.seconds:.2f} of {cpus} CPUs went"
+                " to other processes (the kernel, PostgreSQL sessions that ended"
+                " during the run, other users of the machine)"
+            )
+    out()
+    if notes:
+        out("\n".join(notes) + "\n")
+    counts = res.memory_requests
+    out(
+        f"| gunicorn worker | RSS after {counts['after_10000']:,} req"
+        f" | RSS after {counts[f'after_{bench.args.memory_requests}']:,} req | change |"
+    )
+    out("|---|---:|---:|---:|")
+    for pid, kib in res.memory_kib.items():
+        before, after = kib["after_10000"], kib[f"after_{bench.args.memory_requests}"]
+        out(
+            f"| pid {pid} | {before / 1024:.1f} MiB | {after / 1024:.1f} MiB | {ratio(after, before) - 1:+.1%} |"
+        )
+    out()
+    for check in result_checks:
+        out(f"{'PASS' if check.passed else 'FAIL'}: {check.name}: {check.detail}")
+    out()
+    timings = ", ".join(
+        f"{name} {seconds:.1f} s" for name, seconds in res.timings_s.items()
+    )
+    out(f"Wall time {wall:.0f} s ({timings}). Results: {path}")
+
+
+def git_state() -> dict[str, str | bool]:
+    def git(*cmd: str) -> str:
+        done = subprocess.run(
+            ["git", *cmd], cwd=BACKEND_DIR, capture_output=True, text=True, timeout=30
+        )
+        return done.stdout.strip()
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--", ".")),
+    }
+
+
+def to_json(
+    bench: Bench, result_checks: list[Check], wall: float, stamp: str
+) -> dict[str, Any]:
+    res = bench.results
+    ceiling = res.scenarios[CEILING].rps
+    return {
+        "timestamp": stamp,
+        "git": git_state(),
+        "cpus": os.cpu_count(),
+        "options": vars(bench.args),
+        "timings_s": {**res.timings_s, "wall": wall},
+        "scenarios": {
+            name: {
+                **asdict(load),
+                "concurrency": res.concurrency[name],
+                "rps": load.rps,
+                "errors": load.errors,
+                "ratio_to_ceiling": ratio(load.rps, ceiling),
+                "cpu_s": res.cpu_s.get(name),
+                "new_db_sessions": res.db_sessions.get(name),
+            }
+            for name, load in res.scenarios.items()
+        },
+        "memory_rss_kib": res.memory_kib,
+        "memory_requests": res.memory_requests,
+        "checks": [asdict(check) for check in result_checks],
+    }
+
+
+def server_env(database_url: str) -> dict[str, str]:
+    """The production configuration the servers (and this process) run with."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key
+        not in ("SENTRY_DSN", "SMTP_HOST", "GUNICORN_CMD_ARGS", "WEB_CONCURRENCY")
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        ENVIRONMENT="production",
+        SECRET_KEY=SECRET_KEY,
+        FIRST_SUPERUSER_PASSWORD="bench-superuser-password",
+        LOG_LEVEL="INFO",
+    )
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not shutil.which("wrk"):
+        say("wrk not found: apt-get install -y wrk (run.sh does it)")
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    wall_start = time.monotonic()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    db_name = f"bench_{stamp.lower()}_{os.getpid()}"
+    server = db.Server.from_env()
+    env = server_env(server.url(db_name))
+    os.environ.clear()
+    os.environ.update(env)
+    state = Path(tempfile.mkdtemp(prefix="bench-"))
+    bench = Bench(args, env, state, server, db_name)
+    failed = True
+    try:
+        run(bench, server, db_name)
+        failed = False
+    except (Exception, KeyboardInterrupt):
+        sys.stderr.write(traceback.format_exc())
+        say(f"failed; logs kept in {state}")
+    finally:
+        bench.stop_all()
+        if args.keep:
+            say(f"kept database {db_name} and logs in {state}")
+        else:
+            db.drop_database(server, db_name)
+            if not failed:
+                shutil.rmtree(state, ignore_errors=True)
+    if failed:
+        return 2
+    wall = time.monotonic() - wall_start
+    result_checks = checks(bench)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{stamp}.json"
+    path.write_text(
+        json.dumps(to_json(bench, result_checks, wall, stamp), indent=2) + "\n"
+    )
+    out()
+    report(bench, result_checks, wall, path)
+    all_passed = all(check.passed for check in result_checks)
+    return 0 if all_passed or args.no_check_exit else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
