@@ -61,7 +61,9 @@ def recorded_statements(db: AsyncSession) -> Iterator[list[tuple[str, Any]]]:
 
 async def plan(db: AsyncSession, statement: str, parameters: Any) -> str:
     connection = await db.connection()
-    explain = "EXPLAIN QUERY PLAN " if connection.dialect.name == "sqlite" else "EXPLAIN "
+    explain = (
+        "EXPLAIN QUERY PLAN " if connection.dialect.name == "sqlite" else "EXPLAIN "
+    )
     result = await connection.exec_driver_sql(explain + statement, parameters)
     return "\n".join(" ".join(str(column) for column in row) for row in result)
 

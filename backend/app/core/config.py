@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     # Auth. SECRET_KEY has no default: outside local it must be set.
     SECRET_KEY: str = ""
     ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(default=60 * 24 * 8, ge=1)
-    PASSWORD_HASH_CONCURRENCY: int = Field(default=4, ge=1)
+    PASSWORD_HASH_CONCURRENCY: int = Field(default=2, ge=1)
 
     # Database: DATABASE_URL wins, else POSTGRES_* when POSTGRES_SERVER is set,
     # else an embedded SQLite file so a local run needs no server.

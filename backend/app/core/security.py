@@ -24,7 +24,7 @@ from app.core.config import settings
 logger = logging.getLogger(__name__)
 
 ALGORITHM = "HS256"
-HASHING_NICENESS = 19  # the lowest priority: hashing yields to serving requests
+HASHING_NICENESS = 19  # the lowest: hashing yields the CPU to serving requests
 T = TypeVar("T")
 TokenType = Literal["access", "password_reset"]
 
@@ -37,7 +37,8 @@ DUMMY_HASH = password_hash.hash("dummy password that matches nothing")
 
 def _lower_thread_priority() -> None:
     # Linux niceness is per thread and Argon2's lane threads inherit it: under a
-    # login burst the event loop's thread keeps the CPU and other requests stay fast.
+    # login burst the event loop's thread keeps the CPU and other requests stay
+    # fast. (SCHED_IDLE went too far: logins starved and timed out.)
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
 
