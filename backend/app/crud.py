@@ -8,7 +8,7 @@ from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
-from app.core.security import DUMMY_HASH, hash_password, verify_password
+from app.core.security import dummy_hash, hash_password, verify_password
 from app.models import (
     Item,
     ItemCreate,
@@ -120,7 +120,7 @@ async def authenticate(
     if user is None:
         # Spend the same time as a real check so the answer time does not
         # reveal whether the email is registered.
-        await verify_password(password, DUMMY_HASH)
+        await verify_password(password, dummy_hash())
         return None
     verified, new_hash = await verify_password(password, user.hashed_password)
     if not verified:

@@ -31,8 +31,12 @@ TokenType = Literal["access", "password_reset"]
 # Argon2 for new hashes; bcrypt hashes (from older deployments of the
 # template) still verify and are upgraded on the next successful login.
 password_hash = PasswordHash((Argon2Hasher(), BcryptHasher()))
-# Spent on unknown emails at login so both cases cost one hash verification.
-DUMMY_HASH = password_hash.hash("dummy password that matches nothing")
+
+
+@cache
+def dummy_hash() -> str:
+    """Checked against on unknown emails at login, so both cases cost one hash check."""
+    return password_hash.hash("dummy password that matches nothing")
 
 
 def _lower_thread_priority() -> None:
