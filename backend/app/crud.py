@@ -1,22 +1,32 @@
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import NamedTuple, TypeVar
 
-from sqlalchemy import tuple_
+from sqlalchemy import tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
-from app.core.security import dummy_hash, hash_password, verify_password
+from app.core.config import settings
+from app.core.security import (
+    dummy_hash,
+    hash_password,
+    hash_refresh_token,
+    new_refresh_token,
+    verify_password,
+)
 from app.models import (
     Item,
     ItemCreate,
     ItemUpdate,
+    RefreshToken,
     User,
     UserCreate,
+    UserSession,
     UserUpdate,
     UserUpdateMe,
+    utcnow,
 )
 
 T = TypeVar("T", Item, User)
@@ -81,35 +91,81 @@ async def list_users(*, session: AsyncSession, page: Page) -> tuple[list[User], 
     return await _paginate(session, select(User), model=User, page=page)
 
 
-async def create_user(*, session: AsyncSession, user_create: UserCreate) -> User:
+async def create_user(
+    *, session: AsyncSession, user_create: UserCreate, verified: bool = False
+) -> User:
     """Raises EmailAlreadyExistsError when the email is taken, whatever its case."""
+    # Hashed first: no database connection is held during the slow part.
+    hashed_password = await hash_password(user_create.password)
     if await get_user_by_email(session=session, email=user_create.email):
         raise EmailAlreadyExistsError(user_create.email)
-    hashed_password = await hash_password(user_create.password)
-    user = User.model_validate(user_create, update={"hashed_password": hashed_password})
+    user = User.model_validate(
+        user_create,
+        update={
+            "hashed_password": hashed_password,
+            "role": user_create.requested_role(),
+            "email_verified_at": utcnow() if verified else None,
+        },
+    )
     return await _commit_user(session, user)
+
+
+async def get_or_create_external_user(*, session: AsyncSession, email: str) -> User:
+    """The user with this email, created verified and without a usable password
+    when missing (the identity provider vouches for the email)."""
+    user = await get_user_by_email(session=session, email=email)
+    if user is not None:
+        return user
+    # "!" never matches a hash: the account logs in through the provider (or
+    # after a password reset).
+    user = User(email=email, hashed_password="!", email_verified_at=utcnow())
+    try:
+        return await _commit_user(session, user)
+    except EmailAlreadyExistsError:  # created by a concurrent exchange
+        existing = await get_user_by_email(session=session, email=email)
+        assert existing is not None
+        return existing
 
 
 async def update_user(
     *, session: AsyncSession, user: User, user_in: UserUpdate | UserUpdateMe
 ) -> User:
     """Raises EmailAlreadyExistsError when the new email belongs to another user."""
-    data = user_in.model_dump(exclude_unset=True)
+    data = user_in.model_dump(exclude_unset=True, exclude={"role", "is_superuser"})
+    if isinstance(user_in, UserUpdate):
+        data["role"] = user_in.requested_role(user.role)
     if "email" in data:
         owner = await get_user_by_email(session=session, email=data["email"])
         if owner and owner.id != user.id:
             raise EmailAlreadyExistsError(data["email"])
+        if data["email"].lower() != user.email.lower():
+            data["email_verified_at"] = None  # the new address is not proven yet
     if "password" in data:
         data["hashed_password"] = await hash_password(data.pop("password"))
+    if data.get("is_active") is False or "hashed_password" in data:
+        await revoke_sessions(session=session, user_id=user.id)
     user.sqlmodel_update(data)
     return await _commit_user(session, user)
 
 
 async def update_password(
-    *, session: AsyncSession, user: User, new_password: str
+    *,
+    session: AsyncSession,
+    user: User,
+    new_password: str,
+    keep_session_id: uuid.UUID | None = None,
 ) -> User:
+    """Sets the password and ends every session but `keep_session_id`."""
     user.hashed_password = await hash_password(new_password)
+    await revoke_sessions(session=session, user_id=user.id, keep=keep_session_id)
     return await _commit_user(session, user)
+
+
+async def mark_email_verified(*, session: AsyncSession, user: User) -> User:
+    if user.email_verified_at is None:
+        user.email_verified_at = utcnow()
+        await _commit_user(session, user)
+    return user
 
 
 async def authenticate(
@@ -117,6 +173,8 @@ async def authenticate(
 ) -> User | None:
     """The user with these credentials, or None. Upgrades an outdated password hash."""
     user = await get_user_by_email(session=session, email=email)
+    # End the transaction: its connection goes back to the pool while hashing.
+    await session.commit()
     if user is None:
         # Spend the same time as a real check so the answer time does not
         # reveal whether the email is registered.
@@ -135,6 +193,139 @@ async def delete_user(*, session: AsyncSession, user: User) -> None:
     """Deletes the user; the database deletes their items (ON DELETE CASCADE)."""
     await session.delete(user)
     await session.commit()
+
+
+# Sessions
+
+
+async def create_session(
+    *,
+    session: AsyncSession,
+    user: User,
+    client_address: str | None,
+    user_agent: str | None,
+) -> tuple[UserSession, str]:
+    """A new login session and its first refresh token (returned once, stored hashed)."""
+    now = utcnow()
+    user_session = UserSession(
+        user_id=user.id,
+        created_at=now,
+        last_used_at=now,
+        expires_at=_session_expiry(now, now),
+        client_address=client_address[:64] if client_address else None,
+        user_agent=user_agent[:255] if user_agent else None,
+    )
+    token, token_hash = new_refresh_token()
+    session.add(user_session)
+    await session.flush()  # no ORM relationship orders the two inserts
+    session.add(RefreshToken(token_hash=token_hash, session_id=user_session.id))
+    await session.commit()
+    return user_session, token
+
+
+def _session_expiry(created_at: datetime, used_at: datetime) -> datetime:
+    """Idle expiry, REFRESH_TOKEN_EXPIRE_DAYS after the last use, capped by the
+    absolute SESSION_MAX_AGE_DAYS."""
+    return min(
+        used_at + timedelta(days=settings.REFRESH_TOKEN_EXPIRE_DAYS),
+        created_at + timedelta(days=settings.SESSION_MAX_AGE_DAYS),
+    )
+
+
+async def rotate_refresh_token(
+    *, session: AsyncSession, refresh_token: str
+) -> tuple[UserSession, str] | None:
+    """Trade a refresh token for a new one (same session), or None when it is not
+    valid. Replaying a token already traded ends its session: the token leaked."""
+    token_hash = hash_refresh_token(refresh_token)
+    now = utcnow()
+    # Marking the token used is the atomic step: of concurrent refreshes with
+    # one token, exactly one gets a row back.
+    claimed = await session.exec(
+        update(RefreshToken)
+        .where(col(RefreshToken.token_hash) == token_hash)
+        .where(col(RefreshToken.used_at).is_(None))
+        .values(used_at=now)
+        .returning(col(RefreshToken.session_id))
+    )
+    session_id = claimed.scalar_one_or_none()
+    if session_id is None:
+        replayed = await session.get(RefreshToken, token_hash)
+        if replayed is not None:
+            await revoke_session_by_id(session=session, session_id=replayed.session_id)
+        await session.commit()
+        return None
+    user_session = await session.get(UserSession, session_id, with_for_update=True)
+    if (
+        user_session is None
+        or user_session.revoked_at is not None
+        or user_session.expires_at <= now
+    ):
+        await session.commit()
+        return None
+    user_session.last_used_at = now
+    user_session.expires_at = _session_expiry(user_session.created_at, now)
+    token, new_hash = new_refresh_token()
+    session.add(RefreshToken(token_hash=new_hash, session_id=user_session.id))
+    session.add(user_session)
+    await session.commit()
+    return user_session, token
+
+
+async def get_active_user(
+    *, session: AsyncSession, user_id: uuid.UUID, session_id: uuid.UUID
+) -> User | None:
+    """The user of an access token, in one query: None when the user is gone or
+    the token's session has ended (logout, revocation, password change)."""
+    statement = (
+        select(User)
+        .join(UserSession, col(UserSession.user_id) == col(User.id))
+        .where(col(User.id) == user_id)
+        .where(col(UserSession.id) == session_id)
+        .where(col(UserSession.revoked_at).is_(None))
+        .where(col(UserSession.expires_at) > utcnow())
+    )
+    return (await session.exec(statement)).first()
+
+
+async def list_sessions(
+    *, session: AsyncSession, user_id: uuid.UUID
+) -> list[UserSession]:
+    """The user's live sessions, most recently used first."""
+    statement = (
+        select(UserSession)
+        .where(col(UserSession.user_id) == user_id)
+        .where(col(UserSession.revoked_at).is_(None))
+        .where(col(UserSession.expires_at) > utcnow())
+        .order_by(col(UserSession.last_used_at).desc())
+    )
+    return list((await session.exec(statement)).all())
+
+
+async def revoke_session_by_id(*, session: AsyncSession, session_id: uuid.UUID) -> None:
+    await session.exec(
+        update(UserSession)
+        .where(col(UserSession.id) == session_id)
+        .where(col(UserSession.revoked_at).is_(None))
+        .values(revoked_at=utcnow())
+    )
+    await session.commit()
+
+
+async def revoke_sessions(
+    *, session: AsyncSession, user_id: uuid.UUID, keep: uuid.UUID | None = None
+) -> None:
+    """End every session of the user (but `keep`); their access tokens die with them.
+    Flushed, not committed: the caller commits it with the change that caused it."""
+    statement = (
+        update(UserSession)
+        .where(col(UserSession.user_id) == user_id)
+        .where(col(UserSession.revoked_at).is_(None))
+        .values(revoked_at=utcnow())
+    )
+    if keep is not None:
+        statement = statement.where(col(UserSession.id) != keep)
+    await session.exec(statement)
 
 
 # Items

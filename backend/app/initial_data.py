@@ -20,7 +20,9 @@ async def ensure_superuser(session: AsyncSession, *, email: str, password: str) 
         return user
     user_in = UserCreate(email=email, password=password, is_superuser=True)
     try:
-        return await crud.create_user(session=session, user_create=user_in)
+        return await crud.create_user(
+            session=session, user_create=user_in, verified=True
+        )
     except crud.EmailAlreadyExistsError:  # another replica created it meanwhile
         existing = await crud.get_user_by_email(session=session, email=email)
         assert existing is not None

@@ -1,17 +1,28 @@
 import gc
+import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import sentry_sdk
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.middleware.cors import CORSMiddleware
 
 from app.api.main import api_router
-from app.core import security
+from app.core import ratelimit, security
 from app.core.config import settings
-from app.core.db import engine
+from app.core.db import engine, is_unavailability
+from app.core.http import SecurityHeadersMiddleware
 from app.core.logging import RequestIdMiddleware, setup_logging
+
+logger = logging.getLogger(__name__)
 
 
 def custom_generate_unique_id(route: APIRoute) -> str:
@@ -35,7 +46,9 @@ if settings.SENTRY_DSN and settings.ENVIRONMENT != "local":
 
 app = FastAPI(
     title=settings.PROJECT_NAME,
-    openapi_url=f"{settings.API_V1_STR}/openapi.json",
+    openapi_url=f"{settings.API_V1_STR}/openapi.json"
+    if settings.docs_enabled
+    else None,
     generate_unique_id_function=custom_generate_unique_id,
     lifespan=lifespan,
 )
@@ -48,16 +61,72 @@ if settings.all_cors_origins:
         allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         expose_headers=["X-Request-ID"],
     )
+app.add_middleware(SecurityHeadersMiddleware)
 app.add_middleware(RequestIdMiddleware)
 app.include_router(api_router, prefix=settings.API_V1_STR)
 
 
+@app.exception_handler(ratelimit.TooManyAttempts)
+async def too_many_attempts(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ratelimit.TooManyAttempts)
+    return JSONResponse(
+        status_code=429,
+        content={
+            "detail": f"Too many attempts: try again in {exc.retry_after} seconds"
+        },
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` as strict JSON can carry it: Python's JSON parser accepts NaN,
+    Infinity and lone surrogates ("\\ud800"), which the 422 answer echoes back."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode()
+    if isinstance(value, dict):
+        return {_json_safe(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+@app.exception_handler(RequestValidationError)
+async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, made safe to encode whatever the client sent."""
+    assert isinstance(exc, RequestValidationError)
+    errors = _json_safe(jsonable_encoder(exc.errors()))
+    return JSONResponse(status_code=422, content={"detail": errors})
+
+
 @app.get("/", tags=["root"])
 async def root() -> dict[str, str]:
-    """Say hello and point to the API documentation."""
+    """Say hello and point to the API documentation (when it is served)."""
+    if not app.openapi_url:
+        return {"message": "Hello, world!"}
     return {
         "message": "Hello, world!",
         "docs": "/docs",
         "redoc": "/redoc",
-        "openapi": app.openapi_url or "",
+        "openapi": app.openapi_url,
     }
+
+
+DATABASE_UNAVAILABLE = {"detail": "Database unavailable, try again later"}
+
+
+@app.exception_handler(PoolTimeoutError)
+async def pool_exhausted(_request: Request, _exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=503, content=DATABASE_UNAVAILABLE)
+
+
+@app.exception_handler(DBAPIError)
+async def database_error(_request: Request, exc: Exception) -> JSONResponse:
+    """A lost or refused connection, or a statement timeout: 503, not a 500
+    with a traceback. Other database errors are bugs and stay 500s."""
+    assert isinstance(exc, DBAPIError)
+    if exc.connection_invalidated or is_unavailability(exc.orig):
+        logger.warning("Database unavailable: %s", type(exc.orig).__name__)
+        return JSONResponse(status_code=503, content=DATABASE_UNAVAILABLE)
+    raise exc

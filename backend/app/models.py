@@ -1,9 +1,10 @@
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, Self
 
-from pydantic import EmailStr, field_validator
-from sqlalchemy import DateTime, Dialect, Index, func
+from pydantic import EmailStr, field_validator, model_validator
+from sqlalchemy import DateTime, Dialect, Enum, Index, func
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel, col
 
@@ -60,6 +61,24 @@ class Message(SQLModel):
 class Token(SQLModel):
     access_token: str
     token_type: str = "bearer"
+    # Absent only from tokens that belong to no session (none are issued today).
+    refresh_token: str | None = Field(
+        default=None,
+        description="Single use: trade it at /login/refresh-token for a new pair.",
+        schema_extra={"examples": ["Vb3kq0lJ8r7J5bZ0Ffx2m2Vw3V0sS9kq8F1hVfQ2b3c"]},
+    )
+    expires_in: int | None = Field(
+        default=None,
+        description="Seconds until the access token expires.",
+        schema_extra={"examples": [1800]},
+    )
+
+
+class RefreshRequest(InputModel):
+    refresh_token: str = Field(
+        max_length=512,
+        schema_extra={"examples": ["Vb3kq0lJ8r7J5bZ0Ffx2m2Vw3V0sS9kq8F1hVfQ2b3c"]},
+    )
 
 
 class NewPassword(InputModel):
@@ -67,17 +86,64 @@ class NewPassword(InputModel):
     new_password: str = Field(min_length=8, max_length=128)
 
 
+class EmailVerification(InputModel):
+    token: str = Field(
+        max_length=1024,
+        description="The `token` parameter of the emailed verification link.",
+        schema_extra={
+            "examples": ["eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOi..."]
+        },
+    )
+
+
+class EmailAddress(InputModel):
+    email: EmailStr = Field(
+        max_length=255, schema_extra={"examples": ["ada@example.com"]}
+    )
+
+
 # Users
+
+
+class Role(StrEnum):
+    """superadmin: everything; admin: ordinary users and all items; user: their own data."""
+
+    user = "user"
+    admin = "admin"
+    superadmin = "superadmin"
+
+
+class RoleInput(InputModel):
+    """`role` and the contract's `is_superuser` (true exactly for superadmin) in one body."""
+
+    role: Role = Field(default=None)
+    is_superuser: bool = Field(default=None)
+
+    @model_validator(mode="after")
+    def _role_agrees_with_is_superuser(self) -> Self:
+        if self.role is not None and self.is_superuser is not None:
+            if (self.role == Role.superadmin) != self.is_superuser:
+                raise ValueError("is_superuser must be true exactly for superadmin")
+        return self
+
+    def requested_role(self, current: Role = Role.user) -> Role:
+        """The role these fields ask for, starting from `current`."""
+        if self.role is not None:
+            return self.role
+        if self.is_superuser:
+            return Role.superadmin
+        if self.is_superuser is False and current == Role.superadmin:
+            return Role.user
+        return current
 
 
 class UserBase(InputModel):
     email: EmailStr = Field(max_length=255)
     is_active: bool = True
-    is_superuser: bool = False
     full_name: str | None = Field(default=None, max_length=255)
 
 
-class UserCreate(UserBase):
+class UserCreate(UserBase, RoleInput):
     password: str = Field(min_length=8, max_length=128)
 
 
@@ -89,12 +155,11 @@ class UserRegister(InputModel):
 
 # In update bodies a field typed without `| None` may be omitted (kept as is)
 # but not sent as null: null would reach a NOT NULL column.
-class UserUpdate(InputModel):
+class UserUpdate(RoleInput):
     email: EmailStr = Field(default=None, max_length=255)
     password: str = Field(default=None, min_length=8, max_length=128)
     full_name: str | None = Field(default=None, max_length=255)
     is_active: bool = Field(default=None)
-    is_superuser: bool = Field(default=None)
 
 
 class UserUpdateMe(InputModel):
@@ -119,12 +184,33 @@ class User(UserBase, table=True):
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     hashed_password: str = Field(max_length=255)
+    role: Role = Field(
+        default=Role.user,
+        sa_type=Enum(
+            Role,
+            name="role",
+            native_enum=False,
+            create_constraint=True,
+            length=16,
+            values_callable=lambda roles: [role.value for role in roles],
+        ),
+    )
+    email_verified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(
         default_factory=utcnow,
         sa_type=UTCDateTime,
         sa_column_kwargs={"onupdate": utcnow},
     )
+
+    @property
+    def is_superuser(self) -> bool:
+        return self.role == Role.superadmin
+
+    @property
+    def is_staff(self) -> bool:
+        """Admins and superadmins: they manage users and every item."""
+        return self.role in (Role.admin, Role.superadmin)
 
 
 # Emails are unique whatever their case; lookups use lower(email) to hit this index.
@@ -140,6 +226,10 @@ class UserPublic(SQLModel):
     is_superuser: bool
     full_name: str | None = None
     created_at: datetime | None = None
+    role: Role = Field(schema_extra={"examples": ["user"]})
+    email_verified_at: datetime | None = Field(
+        default=None, schema_extra={"examples": ["2026-11-22T08:00:00Z"]}
+    )
 
 
 class UsersPublic(SQLModel):
@@ -201,3 +291,89 @@ class ItemsPublic(SQLModel):
     data: list[ItemPublic]
     count: int
     next_cursor: str | None = None
+
+
+# Sessions: one row per login; its refresh tokens rotate, the used ones are kept
+# so that replaying one is recognised (and ends the session).
+
+
+class UserSession(SQLModel, table=True):
+    __tablename__ = "user_sessions"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_used_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    client_address: str | None = Field(default=None, max_length=64)
+    user_agent: str | None = Field(default=None, max_length=255)
+
+
+class RefreshToken(SQLModel, table=True):
+    __tablename__ = "refresh_tokens"
+
+    token_hash: str = Field(primary_key=True, max_length=64)  # SHA-256, hex
+    session_id: uuid.UUID = Field(
+        foreign_key="user_sessions.id", ondelete="CASCADE", index=True
+    )
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class SessionPublic(SQLModel):
+    id: uuid.UUID
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    client_address: str | None = Field(schema_extra={"examples": ["203.0.113.7"]})
+    user_agent: str | None = Field(
+        schema_extra={"examples": ["Mozilla/5.0 (X11; Linux x86_64)"]}
+    )
+    current: bool = Field(description="The session of the token making this request.")
+
+
+class SessionsPublic(SQLModel):
+    data: list[SessionPublic]
+    count: int
+
+
+# Rate limiting: one row per counted event (a failed login, a recovery email)
+# under a key such as "login:account:<email>"; windows slide over attempted_at.
+
+
+class AuthAttempt(SQLModel, table=True):
+    __tablename__ = "auth_attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=320)
+    attempted_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+Index(
+    "ix_auth_attempts_key_attempted_at",
+    col(AuthAttempt.key),
+    col(AuthAttempt.attempted_at),
+)
+Index("ix_auth_attempts_attempted_at", col(AuthAttempt.attempted_at))
+
+
+# Supabase token exchange (shapes fixed by the contract)
+
+
+class AuthUser(SQLModel):
+    id: uuid.UUID
+    email: str
+
+
+class SupabaseExchange(SQLModel):
+    message: str
+    token: str
+    user: AuthUser
+    expires_at: datetime
+    refresh_token: str
+    expires_in: int
+
+
+class AuthMe(SQLModel):
+    user: AuthUser

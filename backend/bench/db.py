@@ -102,9 +102,12 @@ def count(conn: Connection, table: str) -> int:
 
 
 def seed_users(conn: Connection, users: int, hashed_password: str) -> None:
-    """Active, non-superuser users, all with one password hash."""
+    """Active, ordinary (role user), verified users, all with one password hash."""
     now = datetime.now(UTC)
-    columns = "id, email, is_active, is_superuser, full_name, hashed_password, created_at, updated_at"
+    columns = (
+        "id, email, is_active, role, email_verified_at, full_name, hashed_password,"
+        " created_at, updated_at"
+    )
     with conn.transaction(), conn.cursor() as cur:
         with cur.copy(f"COPY users ({columns}) FROM STDIN") as copy:
             for n in range(users):
@@ -113,7 +116,8 @@ def seed_users(conn: Connection, users: int, hashed_password: str) -> None:
                         uuid.uuid4(),
                         email(n),
                         True,
-                        False,
+                        "user",
+                        now,
                         f"User {n}",
                         hashed_password,
                         now,

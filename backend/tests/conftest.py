@@ -21,11 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import delete
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import crud
 from app.core import security
 from app.core.config import settings
 from app.core.db import create_engine, get_db
 from app.main import app
-from app.models import Item, User
+from app.models import AuthAttempt, Item, Role, User
 from tests import factories
 
 BACKEND_DIR = Path(__file__).resolve().parents[1]
@@ -98,6 +99,7 @@ async def engine(migrated_database_url: URL) -> AsyncIterator[AsyncEngine]:
 def _no_real_email(monkeypatch: pytest.MonkeyPatch) -> None:
     """A developer's .env must not make tests send mail; the smtp fixtures turn it on."""
     monkeypatch.setattr(settings, "SMTP_HOST", None)
+    monkeypatch.setattr(settings, "EMAIL_RETRY_WAIT_SECONDS", 0)
 
 
 @pytest.fixture
@@ -153,6 +155,7 @@ async def committing_client(engine: AsyncEngine) -> AsyncIterator[AsyncClient]:
     async with sessions() as session:
         await session.exec(delete(Item))
         await session.exec(delete(User))
+        await session.exec(delete(AuthAttempt))
         await session.commit()
 
 
@@ -197,8 +200,13 @@ def smtp_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpSink]:
     controller.stop()
 
 
-def auth_headers(user: User) -> dict[str, str]:
-    return {"Authorization": f"Bearer {security.create_access_token(user.id)}"}
+async def auth_headers(session: AsyncSession, user: User) -> dict[str, str]:
+    """Bearer headers of a new login session of `user` (as after a password login)."""
+    user_session, _ = await crud.create_session(
+        session=session, user=user, client_address="127.0.0.1", user_agent="tests"
+    )
+    token = security.create_access_token(user.id, user_session.id)
+    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture
@@ -212,13 +220,23 @@ async def superuser(db: AsyncSession) -> User:
 
 
 @pytest.fixture
-def user_headers(user: User) -> dict[str, str]:
-    return auth_headers(user)
+async def admin(db: AsyncSession) -> User:
+    return await factories.create_user(db, role=Role.admin)
 
 
 @pytest.fixture
-def superuser_headers(superuser: User) -> dict[str, str]:
-    return auth_headers(superuser)
+async def user_headers(db: AsyncSession, user: User) -> dict[str, str]:
+    return await auth_headers(db, user)
+
+
+@pytest.fixture
+async def superuser_headers(db: AsyncSession, superuser: User) -> dict[str, str]:
+    return await auth_headers(db, superuser)
+
+
+@pytest.fixture
+async def admin_headers(db: AsyncSession, admin: User) -> dict[str, str]:
+    return await auth_headers(db, admin)
 
 
 @pytest.fixture

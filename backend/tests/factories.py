@@ -6,7 +6,7 @@ from functools import cache
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.security import password_hash
-from app.models import Item, User
+from app.models import Item, Role, User, utcnow
 
 DEFAULT_PASSWORD = "correct-horse-battery"
 
@@ -32,15 +32,18 @@ async def create_user(
     password: str | None = None,
     full_name: str | None = None,
     is_superuser: bool = False,
+    role: Role = Role.user,
     is_active: bool = True,
+    verified: bool = True,
 ) -> User:
     hashed = password_hash.hash(password) if password else default_password_hash()
     user = User(
         email=email or random_email(),
         hashed_password=hashed,
         full_name=full_name,
-        is_superuser=is_superuser,
+        role=Role.superadmin if is_superuser else role,
         is_active=is_active,
+        email_verified_at=utcnow() if verified else None,
     )
     session.add(user)
     await session.commit()

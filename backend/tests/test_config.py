@@ -161,3 +161,15 @@ class TestEmailSettings:
     ) -> None:
         settings = make_settings(monkeypatch, PROJECT_NAME="Acme")
         assert settings.EMAILS_FROM_NAME == "Acme"
+
+
+class TestDocsExposure:
+    def test_docs_on_by_default_except_in_production(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        assert make_settings(monkeypatch).docs_enabled is True
+        assert production(monkeypatch).docs_enabled is False
+
+    def test_docs_setting_wins(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        assert production(monkeypatch, DOCS_ENABLED=True).docs_enabled is True
+        assert make_settings(monkeypatch, DOCS_ENABLED=False).docs_enabled is False

@@ -29,6 +29,7 @@ def live_server(scratch_database_url: URL, tmp_path: Path) -> Iterator[str]:
         "FIRST_SUPERUSER_PASSWORD": SUPERUSER[1],
         # One key for both workers: a token from one must work on the other.
         "SECRET_KEY": "live-server-test-secret-key-0123456789abcdef",
+        "LOGIN_MAX_FAILURES_PER_ACCOUNT": "3",
     }
     prestart = subprocess.run(
         ["bash", "scripts/prestart.sh"],
@@ -132,3 +133,36 @@ def test_contract_over_http_on_gunicorn(live_server: str) -> None:
         )
         assert response.json() is True
         assert response.headers["x-request-id"] == "live-check-1"
+
+
+def test_limits_and_sessions_shared_by_the_workers(live_server: str) -> None:
+    """Each request on a new connection, so both workers take turns: the failure
+    count and the refresh-token family live in the database, not in a worker."""
+    api = f"{live_server}/api/v1"
+    codes = [
+        httpx.post(
+            f"{api}/login/access-token",
+            data={"username": SUPERUSER[0], "password": "wrong-password"},
+        ).status_code
+        for _ in range(6)
+    ]
+    assert codes == [400, 400, 400, 429, 429, 429]
+
+    httpx.post(
+        f"{api}/users/signup", json={"email": "s@example.com", "password": "s-password"}
+    )
+    login = httpx.post(
+        f"{api}/login/access-token",
+        data={"username": "s@example.com", "password": "s-password"},
+    ).json()
+    chain = [login["refresh_token"]]
+    for _ in range(4):
+        rotated = httpx.post(
+            f"{api}/login/refresh-token", json={"refresh_token": chain[-1]}
+        )
+        assert rotated.status_code == 200
+        chain.append(rotated.json()["refresh_token"])
+    replay = httpx.post(f"{api}/login/refresh-token", json={"refresh_token": chain[0]})
+    assert replay.status_code == 401
+    latest = httpx.post(f"{api}/login/refresh-token", json={"refresh_token": chain[-1]})
+    assert latest.status_code == 401  # the replay ended the whole family

@@ -8,7 +8,7 @@ import pytest
 from fastapi.routing import APIRoute
 from httpx import AsyncClient
 
-from app.api.routes import items, login, private, users, utils
+from app.api.routes import auth, items, login, private, users, utils
 from app.core.config import settings
 from app.core.logging import (
     JsonFormatter,
@@ -64,7 +64,7 @@ class TestOpenApi:
         paths = response.json()["paths"]
         api_routes = [
             (settings.API_V1_STR + route.path, route)
-            for module in (items, login, private, users, utils)
+            for module in (auth, items, login, private, users, utils)
             for route in module.router.routes
             if isinstance(route, APIRoute)
         ]

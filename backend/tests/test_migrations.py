@@ -42,8 +42,55 @@ async def _inspect(url: URL) -> tuple[list[Any], set[str]]:
     return differences, tables
 
 
-def test_one_initial_migration() -> None:
-    assert len(list(VERSIONS_DIR.glob("*.py"))) == 1
+def test_migrations_form_one_line() -> None:
+    revisions = sorted(
+        path.name.split("-")[1][:4] for path in VERSIONS_DIR.glob("*.py")
+    )
+    assert revisions == [f"{number:04d}" for number in range(1, len(revisions) + 1)]
+
+
+async def _execute(url: URL, sql: str) -> list[Any]:
+    engine = create_engine(url)
+    async with engine.begin() as connection:
+        result = await connection.exec_driver_sql(sql)
+        rows = list(result.all()) if result.returns_rows else []
+    await engine.dispose()
+    return rows
+
+
+async def test_roles_migration_keeps_superusers(scratch_database_url: URL) -> None:
+    config = alembic_config(scratch_database_url)
+    await asyncio.to_thread(command.upgrade, config, "0001")
+    await _execute(
+        scratch_database_url,
+        "INSERT INTO users (id, email, is_active, is_superuser, hashed_password,"
+        " created_at, updated_at) VALUES"
+        " ('00000000-0000-0000-0000-000000000001', 'boss@example.com', true, true,"
+        " 'x', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00'),"
+        " ('00000000-0000-0000-0000-000000000002', 'staff@example.com', true, false,"
+        " 'x', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')",
+    )
+
+    await asyncio.to_thread(command.upgrade, config, "head")
+    roles = await _execute(scratch_database_url, "SELECT email, role FROM users")
+    assert sorted(roles) == [
+        ("boss@example.com", "superadmin"),
+        ("staff@example.com", "user"),
+    ]
+    with pytest.raises(IntegrityError):  # the CHECK constraint on role
+        await _execute(scratch_database_url, "UPDATE users SET role = 'root'")
+
+    with pytest.raises(IntegrityError):  # lower(email) is still unique
+        await _execute(
+            scratch_database_url,
+            "UPDATE users SET email = 'BOSS@example.com' WHERE email = 'staff@example.com'",
+        )
+
+    await asyncio.to_thread(command.downgrade, config, "0001")
+    flags = await _execute(
+        scratch_database_url, "SELECT email, is_superuser FROM users"
+    )
+    assert sorted(flags) == [("boss@example.com", True), ("staff@example.com", False)]
 
 
 async def test_upgrade_downgrade_upgrade_matches_models(

@@ -78,7 +78,7 @@ async def test_item_list_pages_use_the_owner_index(
     client: AsyncClient, db: AsyncSession, user: User
 ) -> None:
     await seed_items(db, user)
-    headers = auth_headers(user)
+    headers = await auth_headers(db, user)
     with recorded_statements(db) as statements:
         first = await client.get("/api/v1/items/?limit=10", headers=headers)
         cursor = first.json()["next_cursor"]

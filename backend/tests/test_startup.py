@@ -15,7 +15,7 @@ from tenacity import stop_after_attempt, wait_none
 from app.backend_pre_start import wait_for_database
 from app.core.db import create_engine
 from app.initial_data import ensure_superuser
-from app.models import User
+from app.models import Role, User
 from tests.conftest import free_port
 
 BACKEND_DIR = Path(__file__).resolve().parents[1]
@@ -71,7 +71,9 @@ def run_backend(args: list[str], database_url: URL) -> subprocess.CompletedProce
 async def _superusers(url: URL) -> list[str]:
     engine = create_engine(url)
     async with AsyncSession(engine) as session:
-        users = (await session.exec(select(User).where(User.is_superuser))).all()
+        users = (
+            await session.exec(select(User).where(User.role == Role.superadmin))
+        ).all()
     await engine.dispose()
     return [user.email for user in users]
 

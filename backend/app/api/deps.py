@@ -4,16 +4,16 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Query, status
+from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import OAuth2PasswordBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import crud
-from app.core import security
+from app.core import ratelimit, security
 from app.core.config import settings
 from app.core.db import get_db
-from app.models import Item, User
+from app.models import Item, Role, Token, User, UserCreate, UserUpdate
 
 reusable_oauth2 = OAuth2PasswordBearer(
     tokenUrl=f"{settings.API_V1_STR}/login/access-token"
@@ -29,12 +29,28 @@ credentials_exception = HTTPException(
 )
 
 
-async def get_current_user(session: SessionDep, token: TokenDep) -> User:
-    token_claims = security.decode_token(token, token_type="access")
-    if token_claims is None:
+not_enough_privileges = HTTPException(
+    status_code=status.HTTP_403_FORBIDDEN,
+    detail="The user doesn't have enough privileges",
+)
+
+
+async def get_access_claims(token: TokenDep) -> security.TokenClaims:
+    claims = security.decode_token(token, token_type="access")
+    if claims is None or claims.session_id is None:
         raise credentials_exception
-    user = await crud.get_user(session=session, user_id=token_claims.user_id)
-    if user is None:
+    return claims
+
+
+AccessClaims = Annotated[security.TokenClaims, Depends(get_access_claims)]
+
+
+async def get_current_user(session: SessionDep, claims: AccessClaims) -> User:
+    assert claims.session_id is not None
+    user = await crud.get_active_user(
+        session=session, user_id=claims.user_id, session_id=claims.session_id
+    )
+    if user is None:  # deleted, or the token's session ended
         raise credentials_exception
     if not user.is_active:
         raise HTTPException(
@@ -45,20 +61,147 @@ async def get_current_user(session: SessionDep, token: TokenDep) -> User:
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
+
+async def get_current_session_id(
+    claims: AccessClaims, _current_user: CurrentUser
+) -> uuid.UUID:
+    """The session of the request's access token (checked live by CurrentUser)."""
+    assert claims.session_id is not None
+    return claims.session_id
+
+
+CurrentSessionId = Annotated[uuid.UUID, Depends(get_current_session_id)]
+
 # Dependencies are `async def` even without I/O: FastAPI runs plain `def` ones
 # in its thread pool, a thread hop on every request.
+
+# Authorization: one dependency per rule.
+# - superadmin: everything; CurrentSuperuser guards what only it may do.
+# - admin: ordinary users and every item (CurrentStaff, manageable_user,
+#   assignable roles), never admins or superadmins.
+# - user: their own account and items.
 
 
 async def get_current_active_superuser(current_user: CurrentUser) -> User:
     if not current_user.is_superuser:
-        raise HTTPException(
-            status_code=status.HTTP_403_FORBIDDEN,
-            detail="The user doesn't have enough privileges",
-        )
+        raise not_enough_privileges
     return current_user
 
 
 CurrentSuperuser = Annotated[User, Depends(get_current_active_superuser)]
+
+
+async def get_current_staff(current_user: CurrentUser) -> User:
+    if not current_user.is_staff:
+        raise not_enough_privileges
+    return current_user
+
+
+CurrentStaff = Annotated[User, Depends(get_current_staff)]
+
+only_superadmin_manages_staff = HTTPException(
+    status_code=status.HTTP_403_FORBIDDEN,
+    detail="Only a superadmin can create, change or delete admins and superadmins",
+)
+
+
+def ensure_can_manage(actor: User, role: Role) -> None:
+    """Admins manage ordinary users only; superadmins manage everyone."""
+    if not actor.is_superuser and role != Role.user:
+        raise only_superadmin_manages_staff
+
+
+async def checked_user_create(staff: CurrentStaff, user_in: UserCreate) -> UserCreate:
+    ensure_can_manage(staff, user_in.requested_role())
+    return user_in
+
+
+CheckedUserCreate = Annotated[UserCreate, Depends(checked_user_create)]
+
+
+async def get_managed_user(
+    user_id: uuid.UUID, session: SessionDep, staff: CurrentStaff
+) -> User:
+    """The user `user_id`, if the caller may manage them."""
+    user = await crud.get_user(session=session, user_id=user_id)
+    if user is None:
+        raise HTTPException(
+            status_code=status.HTTP_404_NOT_FOUND,
+            detail="The user with this id does not exist in the system",
+        )
+    ensure_can_manage(staff, user.role)
+    return user
+
+
+ManagedUser = Annotated[User, Depends(get_managed_user)]
+
+
+async def checked_user_update(
+    staff: CurrentStaff, user: ManagedUser, user_in: UserUpdate
+) -> UserUpdate:
+    ensure_can_manage(staff, user_in.requested_role(user.role))
+    return user_in
+
+
+CheckedUserUpdate = Annotated[UserUpdate, Depends(checked_user_update)]
+
+
+async def get_client_address(request: Request) -> str:
+    """The client's IP (behind the proxy, uvicorn takes it from X-Forwarded-For,
+    trusted only from FORWARDED_ALLOW_IPS)."""
+    return request.client.host if request.client else "unknown"
+
+
+ClientAddress = Annotated[str, Depends(get_client_address)]
+
+
+def ensure_may_log_in(user: User) -> None:
+    """The account rules for opening a session, whatever proved the identity."""
+    if not user.is_active:
+        raise HTTPException(
+            status_code=status.HTTP_400_BAD_REQUEST, detail="Inactive user"
+        )
+    if settings.REQUIRE_EMAIL_VERIFICATION and user.email_verified_at is None:
+        raise HTTPException(
+            status_code=status.HTTP_403_FORBIDDEN,
+            detail="Email not verified: use the link we sent, or ask for a new one",
+        )
+
+
+class TokenIssuer:
+    """Opens a session for a user who just proved who they are (password, provider
+    token) and answers with its tokens."""
+
+    def __init__(
+        self, request: Request, session: SessionDep, client_address: ClientAddress
+    ) -> None:
+        self.session = session
+        self.client_address = client_address
+        self.user_agent = request.headers.get("user-agent")
+
+    async def __call__(self, user: User) -> Token:
+        ensure_may_log_in(user)
+        user_session, refresh_token = await crud.create_session(
+            session=self.session,
+            user=user,
+            client_address=self.client_address,
+            user_agent=self.user_agent,
+        )
+        return access_token_response(user, user_session.id, refresh_token)
+
+
+def access_token_response(
+    user: User, session_id: uuid.UUID, refresh_token: str
+) -> Token:
+    lifetime = settings.ACCESS_TOKEN_EXPIRE_MINUTES * 60
+    return Token(
+        access_token=security.create_access_token(user.id, session_id),
+        refresh_token=refresh_token,
+        expires_in=lifetime,
+    )
+
+
+IssueTokens = Annotated[TokenIssuer, Depends()]
 
 
 async def get_owned_item(
@@ -69,7 +212,7 @@ async def get_owned_item(
         raise HTTPException(
             status_code=status.HTTP_404_NOT_FOUND, detail="Item not found"
         )
-    if not current_user.is_superuser and item.owner_id != current_user.id:
+    if not current_user.is_staff and item.owner_id != current_user.id:
         raise HTTPException(
             status_code=status.HTTP_403_FORBIDDEN, detail="Not enough permissions"
         )
@@ -121,3 +264,55 @@ async def pagination(
 
 
 PageDep = Annotated[crud.Page, Depends(pagination)]
+
+
+async def get_rate_limiter(session: SessionDep) -> ratelimit.RateLimiter:
+    return ratelimit.rate_limiter_for(session)
+
+
+RateLimiterDep = Annotated[ratelimit.RateLimiter, Depends(get_rate_limiter)]
+
+
+class PasswordAttempts:
+    """Password checks (login, password change), limited per account and per client.
+    Each check counts before the password is hashed, so neither a blocked client
+    nor a burst of parallel guesses gets more checks than the limit; a correct
+    password takes its own count back and clears the account's."""
+
+    def __init__(self, limiter: RateLimiterDep, client_address: ClientAddress) -> None:
+        self.limiter = limiter
+        self.client_address = client_address
+
+    async def start(self, email: str) -> list[ratelimit.Counted]:
+        account_rule, address_rule = ratelimit.login_rules()
+        limits = [(account_rule, email.lower()), (address_rule, self.client_address)]
+        return await ratelimit.attempt_all(self.limiter, limits)
+
+    async def succeeded(self, counted: list[ratelimit.Counted]) -> None:
+        account, address = counted
+        await self.limiter.reset(account.rule, account.key)
+        await self.limiter.forgive(address.rule, address.key, address.event_id)
+
+
+PasswordAttemptsDep = Annotated[PasswordAttempts, Depends()]
+
+
+class EmailRequests:
+    """Requests that send an email (recovery, verification, signup, email change),
+    limited per client and per target address, whether or not it is registered."""
+
+    def __init__(self, limiter: RateLimiterDep, client_address: ClientAddress) -> None:
+        self.limiter = limiter
+        self.client_address = client_address
+
+    async def count(self, recipient: str | None) -> None:
+        """Count one request (429 beyond the limits); `recipient` None: count it
+        only for the client (signup mails no address more than once)."""
+        recipient_rule, client_rule = ratelimit.email_request_rules()
+        limits = [(client_rule, self.client_address)]
+        if recipient is not None:
+            limits.append((recipient_rule, recipient.lower()))
+        await ratelimit.attempt_all(self.limiter, limits)
+
+
+EmailRequestsDep = Annotated[EmailRequests, Depends()]

@@ -47,12 +47,38 @@ class Settings(BaseSettings):
     ] = []
     LOG_LEVEL: str = "INFO"
     MAX_PAGE_SIZE: int = Field(default=100, ge=1)
+    # Swagger UI, ReDoc and the OpenAPI document; unset: on, except in production.
+    DOCS_ENABLED: bool | None = None
     SENTRY_DSN: HttpUrl | None = None
 
     # Auth. SECRET_KEY has no default: outside local it must be set.
     SECRET_KEY: str = ""
-    ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(default=60 * 24 * 8, ge=1)
+    ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(default=30, ge=1)
+    # A refresh token lives this long unused; a session, however used, at most
+    # SESSION_MAX_AGE_DAYS. Each refresh rotates the refresh token.
+    REFRESH_TOKEN_EXPIRE_DAYS: int = Field(default=7, ge=1)
+    SESSION_MAX_AGE_DAYS: int = Field(default=30, ge=1)
     PASSWORD_HASH_CONCURRENCY: int = Field(default=2, ge=1)
+    REQUIRE_EMAIL_VERIFICATION: bool = False
+    EMAIL_VERIFY_TOKEN_EXPIRE_HOURS: int = Field(default=48, ge=1)
+
+    # Rate limits (sliding windows), shared by all workers and replicas: kept in
+    # PostgreSQL (or the SQLite file), or in Redis when REDIS_URL is set.
+    REDIS_URL: str | None = None
+    LOGIN_MAX_FAILURES_PER_ACCOUNT: int = Field(default=10, ge=1)
+    LOGIN_MAX_FAILURES_PER_ADDRESS: int = Field(default=100, ge=1)
+    LOGIN_FAILURE_WINDOW_SECONDS: int = Field(default=15 * 60, ge=1)
+    # Password recovery and verification emails, per target address and per client.
+    EMAIL_REQUESTS_PER_ADDRESS: int = Field(default=3, ge=1)
+    EMAIL_REQUESTS_PER_CLIENT: int = Field(default=20, ge=1)
+    EMAIL_REQUEST_WINDOW_SECONDS: int = Field(default=60 * 60, ge=1)
+
+    # Supabase token exchange: off unless SUPABASE_URL (JWKS) or
+    # SUPABASE_JWT_SECRET (legacy HS256 secret) is set.
+    SUPABASE_URL: HttpUrl | None = None
+    SUPABASE_JWT_SECRET: str | None = None
+    SUPABASE_JWT_AUDIENCE: str = "authenticated"
+    SUPABASE_JWKS_CACHE_SECONDS: int = Field(default=600, ge=0)
 
     # Database: DATABASE_URL wins, else POSTGRES_* when POSTGRES_SERVER is set,
     # else an embedded SQLite file so a local run needs no server.
@@ -69,6 +95,9 @@ class Settings(BaseSettings):
     DB_POOL_RECYCLE: int = 1800
     DB_POOL_PRE_PING: bool = True
     DB_STATEMENT_TIMEOUT_MS: int = Field(default=15_000, ge=0)
+    # Seconds to open a connection: with the database down, requests fail with
+    # 503 after this long instead of hanging.
+    DB_CONNECT_TIMEOUT: int = Field(default=5, ge=2)
 
     # First superuser, created by prestart / `manage.py initdb`
     FIRST_SUPERUSER: EmailStr = "admin@example.com"
@@ -84,7 +113,10 @@ class Settings(BaseSettings):
     SMTP_TIMEOUT: float = Field(default=10.0, gt=0)
     EMAILS_FROM_EMAIL: EmailStr | None = None
     EMAILS_FROM_NAME: str | None = None
-    EMAIL_RESET_TOKEN_EXPIRE_HOURS: int = Field(default=48, ge=1)
+    EMAIL_RESET_TOKEN_EXPIRE_HOURS: int = Field(default=1, ge=1)
+    # Transient SMTP failures (connection refused, 4xx replies) are retried.
+    EMAIL_SEND_ATTEMPTS: int = Field(default=3, ge=1)
+    EMAIL_RETRY_WAIT_SECONDS: float = Field(default=2.0, ge=0)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -112,6 +144,18 @@ class Settings(BaseSettings):
                 database=self.POSTGRES_DB,
             )
         return URL.create("sqlite+aiosqlite", database=str(self.SQLITE_PATH))
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def docs_enabled(self) -> bool:
+        if self.DOCS_ENABLED is None:
+            return self.ENVIRONMENT != "production"
+        return self.DOCS_ENABLED
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def supabase_enabled(self) -> bool:
+        return bool(self.SUPABASE_URL or self.SUPABASE_JWT_SECRET)
 
     @computed_field  # type: ignore[prop-decorator]
     @property

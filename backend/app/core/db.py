@@ -1,8 +1,13 @@
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psycopg
 from sqlalchemy import URL, event
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import settings
@@ -11,7 +16,7 @@ from app.core.config import settings
 def create_engine(url: URL) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         return _create_sqlite_engine(url)
-    connect_args: dict[str, Any] = {}
+    connect_args: dict[str, Any] = {"connect_timeout": settings.DB_CONNECT_TIMEOUT}
     if settings.DB_STATEMENT_TIMEOUT_MS:
         connect_args["options"] = (
             f"-c statement_timeout={settings.DB_STATEMENT_TIMEOUT_MS}"
@@ -53,6 +58,23 @@ engine = create_engine(settings.SQLALCHEMY_DATABASE_URI)
 session_factory = async_sessionmaker(
     engine, class_=AsyncSession, expire_on_commit=False
 )
+
+
+def is_unavailability(error: BaseException | None) -> bool:
+    """A database error that says "not now" (down, restarting, timed out, busy)
+    rather than "this query is wrong"."""
+    if isinstance(error, psycopg.OperationalError):
+        return True  # connection lost or refused, shutdown, statement timeout, deadlock
+    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+
+
+async def database_ready(session: AsyncSession) -> bool:
+    """Whether the database answers a trivial query right now."""
+    try:
+        await session.exec(select(1))
+    except (DBAPIError, SQLAlchemyTimeoutError, OSError):
+        return False
+    return True
 
 
 async def get_db() -> AsyncIterator[AsyncSession]:

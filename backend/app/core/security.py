@@ -4,6 +4,7 @@ import hashlib
 import hmac
 import logging
 import os
+import secrets
 import threading
 import uuid
 from collections.abc import Callable
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 ALGORITHM = "HS256"
 HASHING_NICENESS = 19  # the lowest: hashing yields the CPU to serving requests
 T = TypeVar("T")
-TokenType = Literal["access", "password_reset"]
+TokenType = Literal["access", "password_reset", "email_verification"]
 
 # Argon2 for new hashes; bcrypt hashes (from older deployments of the
 # template) still verify and are upgraded on the next successful login.
@@ -94,16 +95,37 @@ def create_token(
 
 
 def create_access_token(
-    user_id: uuid.UUID, expires_delta: timedelta | None = None
+    user_id: uuid.UUID, session_id: uuid.UUID, expires_delta: timedelta | None = None
 ) -> str:
+    """An access token bound to a session: it dies with the session (logout, revocation)."""
     delta = expires_delta or timedelta(minutes=settings.ACCESS_TOKEN_EXPIRE_MINUTES)
-    return create_token(str(user_id), token_type="access", expires_delta=delta)
+    return create_token(
+        str(user_id), token_type="access", expires_delta=delta, sid=str(session_id)
+    )
+
+
+def new_refresh_token() -> tuple[str, str]:
+    """A random refresh token and its hash (only the hash is stored)."""
+    token = secrets.token_urlsafe(32)
+    return token, hash_refresh_token(token)
+
+
+def hash_refresh_token(token: str) -> str:
+    # 256 random bits need no slow hash: SHA-256 cannot be brute-forced back.
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class TokenClaims:
     user_id: uuid.UUID
     claims: dict[str, Any]
+
+    @property
+    def session_id(self) -> uuid.UUID | None:
+        try:
+            return uuid.UUID(self.claims["sid"])
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 def decode_token(token: str, *, token_type: TokenType) -> TokenClaims | None:
@@ -121,10 +143,15 @@ def decode_token(token: str, *, token_type: TokenType) -> TokenClaims | None:
     return TokenClaims(user_id, claims) if claims["type"] == token_type else None
 
 
+def fingerprint(value: str) -> str:
+    """A keyed digest bound into emailed tokens, so they die when `value` changes."""
+    key = settings.SECRET_KEY.encode()
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+
 def password_fingerprint(hashed_password: str) -> str:
     """Bound into reset tokens: once the password changes, old reset tokens die."""
-    key = settings.SECRET_KEY.encode()
-    return hmac.new(key, hashed_password.encode(), hashlib.sha256).hexdigest()[:32]
+    return fingerprint(hashed_password)
 
 
 def create_password_reset_token(user_id: uuid.UUID, hashed_password: str) -> str:
@@ -133,4 +160,14 @@ def create_password_reset_token(user_id: uuid.UUID, hashed_password: str) -> str
         token_type="password_reset",
         expires_delta=timedelta(hours=settings.EMAIL_RESET_TOKEN_EXPIRE_HOURS),
         pwd=password_fingerprint(hashed_password),
+    )
+
+
+def create_email_verification_token(user_id: uuid.UUID, email: str) -> str:
+    """Proves control of `email`; useless once the account's email changes."""
+    return create_token(
+        str(user_id),
+        token_type="email_verification",
+        expires_delta=timedelta(hours=settings.EMAIL_VERIFY_TOKEN_EXPIRE_HOURS),
+        eml=fingerprint(email.lower()),
     )

@@ -4,28 +4,49 @@ from fastapi import APIRouter, BackgroundTasks, HTTPException, status
 
 from app import crud, emails
 from app.api.deps import (
-    CurrentSuperuser,
+    CheckedUserCreate,
+    CheckedUserUpdate,
+    CurrentSessionId,
+    CurrentStaff,
     CurrentUser,
+    EmailRequestsDep,
+    ManagedUser,
     PageDep,
+    PasswordAttemptsDep,
     SessionDep,
+    ensure_can_manage,
     next_cursor,
+    not_enough_privileges,
+)
+from app.api.responses import (
+    AUTHENTICATED,
+    BODY,
+    DATABASE,
+    ONLY_SUPERADMIN,
+    STAFF,
+    TOO_MANY_ATTEMPTS,
+    Error,
+    document,
 )
 from app.core import security
 from app.models import (
     Message,
+    SessionPublic,
+    SessionsPublic,
     UpdatePassword,
     User,
     UserCreate,
     UserPublic,
     UserRegister,
     UsersPublic,
-    UserUpdate,
     UserUpdateMe,
 )
 
 router = APIRouter(prefix="/users", tags=["users"])
 
 EMAIL_TAKEN = "User with this email already exists"
+SUPERUSER_SELF_DELETION = Error(403, "Super users are not allowed to delete themselves")
+EMAIL_CONFLICT = Error(409, EMAIL_TAKEN)
 
 
 def forbid_self_deletion_of_superuser(user: User) -> None:
@@ -36,11 +57,18 @@ def forbid_self_deletion_of_superuser(user: User) -> None:
         )
 
 
-@router.get("/", response_model=UsersPublic)
+def send_verification_email(background_tasks: BackgroundTasks, user: User) -> None:
+    token = security.create_email_verification_token(user.id, user.email)
+    background_tasks.add_task(
+        emails.send_email, emails.verify_email_email(user.email, token)
+    )
+
+
+@router.get("/", response_model=UsersPublic, responses=document(STAFF))
 async def read_users(
-    session: SessionDep, _superuser: CurrentSuperuser, page: PageDep
+    session: SessionDep, _staff: CurrentStaff, page: PageDep
 ) -> UsersPublic:
-    """List users, newest first (superuser only)."""
+    """List users, newest first (admins and superadmins)."""
     users, count = await crud.list_users(session=session, page=page)
     # One validation of the whole page (not one per row): pydantic-core reads the rows.
     page_content = {
@@ -51,14 +79,21 @@ async def read_users(
     return UsersPublic.model_validate(page_content, from_attributes=True)
 
 
-@router.post("/", response_model=UserPublic)
+@router.post(
+    "/",
+    response_model=UserPublic,
+    responses=document(
+        STAFF,
+        ONLY_SUPERADMIN,
+        BODY,
+        Error(400, "The user with this email already exists in the system."),
+    ),
+)
 async def create_user(
-    session: SessionDep,
-    _superuser: CurrentSuperuser,
-    user_in: UserCreate,
-    background_tasks: BackgroundTasks,
+    session: SessionDep, user_in: CheckedUserCreate, background_tasks: BackgroundTasks
 ) -> User:
-    """Create a user (superuser only); they get a welcome email."""
+    """Create a user (admins create ordinary users; a superadmin, any role); they
+    get a welcome email with a verification link."""
     try:
         user = await crud.create_user(session=session, user_create=user_in)
     except crud.EmailAlreadyExistsError:
@@ -66,34 +101,74 @@ async def create_user(
             status_code=status.HTTP_400_BAD_REQUEST,
             detail="The user with this email already exists in the system.",
         )
-    background_tasks.add_task(emails.send_email, emails.new_account_email(user.email))
+    token = security.create_email_verification_token(user.id, user.email)
+    background_tasks.add_task(
+        emails.send_email, emails.new_account_email(user.email, token)
+    )
     return user
 
 
-@router.get("/me", response_model=UserPublic)
+@router.get("/me", response_model=UserPublic, responses=document(AUTHENTICATED))
 async def read_user_me(current_user: CurrentUser) -> User:
     """Get the current user."""
     return current_user
 
 
-@router.patch("/me", response_model=UserPublic)
+@router.patch(
+    "/me",
+    response_model=UserPublic,
+    responses=document(AUTHENTICATED, BODY, EMAIL_CONFLICT, TOO_MANY_ATTEMPTS),
+)
 async def update_user_me(
-    session: SessionDep, current_user: CurrentUser, user_in: UserUpdateMe
+    session: SessionDep,
+    current_user: CurrentUser,
+    user_in: UserUpdateMe,
+    background_tasks: BackgroundTasks,
+    email_requests: EmailRequestsDep,
 ) -> User:
-    """Update the current user's name or email."""
+    """Update the current user's name or email (a new email must be verified again;
+    the old address is told of the change)."""
+    old_email = current_user.email
+    if (
+        "email" in user_in.model_fields_set
+        and user_in.email.lower() != old_email.lower()
+    ):
+        await email_requests.count(user_in.email)  # it mails the new address
     try:
-        return await crud.update_user(
+        user = await crud.update_user(
             session=session, user=current_user, user_in=user_in
         )
     except crud.EmailAlreadyExistsError:
         raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=EMAIL_TAKEN)
+    if user.email.lower() != old_email.lower():
+        send_verification_email(background_tasks, user)
+        background_tasks.add_task(
+            emails.send_email, emails.email_changed_email(old_email, user.email)
+        )
+    return user
 
 
-@router.patch("/me/password")
+@router.patch(
+    "/me/password",
+    responses=document(
+        AUTHENTICATED,
+        BODY,
+        Error(400, "Incorrect password"),
+        Error(400, "New password cannot be the same as the current one"),
+        TOO_MANY_ATTEMPTS,
+    ),
+)
 async def update_password_me(
-    session: SessionDep, current_user: CurrentUser, body: UpdatePassword
+    session: SessionDep,
+    current_user: CurrentUser,
+    session_id: CurrentSessionId,
+    body: UpdatePassword,
+    background_tasks: BackgroundTasks,
+    attempts: PasswordAttemptsDep,
 ) -> Message:
-    """Change the current user's password."""
+    """Change the current user's password; every other session ends."""
+    # Limited like logins: a stolen access token is no password-guessing oracle.
+    counted = await attempts.start(current_user.email)
     verified, _ = await security.verify_password(
         body.current_password, current_user.hashed_password
     )
@@ -101,18 +176,25 @@ async def update_password_me(
         raise HTTPException(
             status_code=status.HTTP_400_BAD_REQUEST, detail="Incorrect password"
         )
+    await attempts.succeeded(counted)
     if body.current_password == body.new_password:
         raise HTTPException(
             status_code=status.HTTP_400_BAD_REQUEST,
             detail="New password cannot be the same as the current one",
         )
     await crud.update_password(
-        session=session, user=current_user, new_password=body.new_password
+        session=session,
+        user=current_user,
+        new_password=body.new_password,
+        keep_session_id=session_id,
+    )
+    background_tasks.add_task(
+        emails.send_email, emails.password_changed_email(current_user.email)
     )
     return Message(message="Password updated successfully")
 
 
-@router.delete("/me")
+@router.delete("/me", responses=document(AUTHENTICATED, SUPERUSER_SELF_DELETION))
 async def delete_user_me(session: SessionDep, current_user: CurrentUser) -> Message:
     """Delete the current user and their items."""
     forbid_self_deletion_of_superuser(current_user)
@@ -120,11 +202,61 @@ async def delete_user_me(session: SessionDep, current_user: CurrentUser) -> Mess
     return Message(message="User deleted successfully")
 
 
-@router.post("/signup", response_model=UserPublic)
-async def register_user(session: SessionDep, user_in: UserRegister) -> User:
-    """Create an account without being logged in."""
+@router.get("/me/sessions", responses=document(AUTHENTICATED))
+async def read_sessions_me(
+    session: SessionDep, current_user: CurrentUser, session_id: CurrentSessionId
+) -> SessionsPublic:
+    """List your live sessions (devices), most recently used first."""
+    sessions = await crud.list_sessions(session=session, user_id=current_user.id)
+    data = [
+        SessionPublic.model_validate(
+            user_session,
+            from_attributes=True,
+            update={"current": user_session.id == session_id},
+        )
+        for user_session in sessions
+    ]
+    return SessionsPublic(data=data, count=len(data))
+
+
+@router.delete(
+    "/me/sessions/{session_id}",
+    responses=document(AUTHENTICATED, Error(404, "Session not found")),
+)
+async def revoke_session_me(
+    session_id: uuid.UUID, session: SessionDep, current_user: CurrentUser
+) -> Message:
+    """End one of your sessions (e.g. a lost device)."""
+    sessions = await crud.list_sessions(session=session, user_id=current_user.id)
+    if session_id not in {user_session.id for user_session in sessions}:
+        raise HTTPException(
+            status_code=status.HTTP_404_NOT_FOUND, detail="Session not found"
+        )
+    await crud.revoke_session_by_id(session=session, session_id=session_id)
+    return Message(message="Session revoked")
+
+
+@router.post(
+    "/signup",
+    response_model=UserPublic,
+    responses=document(
+        DATABASE,
+        BODY,
+        Error(400, "The user with this email already exists in the system"),
+        TOO_MANY_ATTEMPTS,
+    ),
+)
+async def register_user(
+    session: SessionDep,
+    user_in: UserRegister,
+    background_tasks: BackgroundTasks,
+    email_requests: EmailRequestsDep,
+) -> User:
+    """Create an account without being logged in; a verification link is emailed."""
+    # Before hashing: a script cannot burn CPU or mail strangers without limit.
+    await email_requests.count(None)
     try:
-        return await crud.create_user(
+        user = await crud.create_user(
             session=session, user_create=UserCreate.model_validate(user_in)
         )
     except crud.EmailAlreadyExistsError:
@@ -132,20 +264,23 @@ async def register_user(session: SessionDep, user_in: UserRegister) -> User:
             status_code=status.HTTP_400_BAD_REQUEST,
             detail="The user with this email already exists in the system",
         )
+    send_verification_email(background_tasks, user)
+    return user
 
 
-@router.get("/{user_id}", response_model=UserPublic)
+@router.get(
+    "/{user_id}",
+    response_model=UserPublic,
+    responses=document(STAFF, Error(404, "User not found")),
+)
 async def read_user_by_id(
     user_id: uuid.UUID, session: SessionDep, current_user: CurrentUser
 ) -> User:
-    """Get a user by id: yourself, or anyone as a superuser."""
+    """Get a user by id: yourself, or anyone as an admin or superadmin."""
     if user_id == current_user.id:
         return current_user
-    if not current_user.is_superuser:
-        raise HTTPException(
-            status_code=status.HTTP_403_FORBIDDEN,
-            detail="The user doesn't have enough privileges",
-        )
+    if not current_user.is_staff:
+        raise not_enough_privileges
     user = await crud.get_user(session=session, user_id=user_id)
     if user is None:
         raise HTTPException(
@@ -154,37 +289,55 @@ async def read_user_by_id(
     return user
 
 
-@router.patch("/{user_id}", response_model=UserPublic)
+@router.patch(
+    "/{user_id}",
+    response_model=UserPublic,
+    responses=document(
+        STAFF,
+        ONLY_SUPERADMIN,
+        BODY,
+        Error(404, "The user with this id does not exist in the system"),
+        EMAIL_CONFLICT,
+    ),
+)
 async def update_user(
-    user_id: uuid.UUID,
     session: SessionDep,
-    _superuser: CurrentSuperuser,
-    user_in: UserUpdate,
+    user: ManagedUser,
+    user_in: CheckedUserUpdate,
+    background_tasks: BackgroundTasks,
 ) -> User:
-    """Update a user (superuser only)."""
-    user = await crud.get_user(session=session, user_id=user_id)
-    if user is None:
-        raise HTTPException(
-            status_code=status.HTTP_404_NOT_FOUND,
-            detail="The user with this id does not exist in the system",
-        )
+    """Update a user (admins: ordinary users only, without promoting them; a
+    superadmin: anyone). A new password or deactivation ends their sessions; a new
+    email must be verified again."""
     try:
-        return await crud.update_user(session=session, user=user, user_in=user_in)
+        user = await crud.update_user(session=session, user=user, user_in=user_in)
     except crud.EmailAlreadyExistsError:
         raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=EMAIL_TAKEN)
+    if user.email_verified_at is None and "email" in user_in.model_fields_set:
+        send_verification_email(background_tasks, user)
+    return user
 
 
-@router.delete("/{user_id}")
+@router.delete(
+    "/{user_id}",
+    responses=document(
+        STAFF,
+        ONLY_SUPERADMIN,
+        SUPERUSER_SELF_DELETION,
+        Error(404, "User not found"),
+    ),
+)
 async def delete_user(
-    user_id: uuid.UUID, session: SessionDep, superuser: CurrentSuperuser
+    user_id: uuid.UUID, session: SessionDep, staff: CurrentStaff
 ) -> Message:
-    """Delete a user and their items (superuser only)."""
+    """Delete a user and their items (admins: ordinary users only)."""
     user = await crud.get_user(session=session, user_id=user_id)
     if user is None:
         raise HTTPException(
             status_code=status.HTTP_404_NOT_FOUND, detail="User not found"
         )
-    if user.id == superuser.id:
+    if user.id == staff.id:
         forbid_self_deletion_of_superuser(user)
+    ensure_can_manage(staff, user.role)
     await crud.delete_user(session=session, user=user)
     return Message(message="User deleted successfully")

@@ -369,7 +369,9 @@ class TestItemAccess:
         other = await factories.create_user(db)
         title = item.title
 
-        response = await route.send(client, item_url(item.id), auth_headers(other))
+        response = await route.send(
+            client, item_url(item.id), await auth_headers(db, other)
+        )
 
         assert response.status_code == 403
         assert response.json() == {"detail": "Not enough permissions"}
@@ -571,8 +573,8 @@ class TestConcurrentUpdates:
         async with sessions() as session:
             owner = await factories.create_user(session)
             item = await factories.create_item(session, owner=owner, title="start")
-        headers = auth_headers(owner)
-        titles = [f"title-{n}" for n in range(20)]
+            headers = await auth_headers(session, owner)
+        titles = [f"title-{n}" for n in range(50)]
 
         results = await asyncio.gather(
             *(
@@ -589,7 +591,7 @@ class TestConcurrentUpdates:
             result.status_code if isinstance(result, Response) else repr(result)
             for result in results
         ]
-        assert outcomes == [200] * 20
+        assert outcomes == [200] * 50
         assert {
             result.json()["title"] for result in results if isinstance(result, Response)
         } == set(titles)

@@ -1,4 +1,5 @@
 import re
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -65,7 +66,8 @@ def access_claims(user: User) -> dict[str, Any]:
 
 # Tokens made for `user`, good and bad.
 def access_token(user: User) -> str:
-    return security.create_access_token(user.id)
+    """Well signed, but of no session (as if its session had been deleted)."""
+    return security.create_access_token(user.id, uuid.uuid4())
 
 
 def password_reset_token(user: User) -> str:
@@ -73,7 +75,9 @@ def password_reset_token(user: User) -> str:
 
 
 def expired_token(user: User) -> str:
-    return security.create_access_token(user.id, expires_delta=timedelta(seconds=-1))
+    return security.create_access_token(
+        user.id, uuid.uuid4(), expires_delta=timedelta(seconds=-1)
+    )
 
 
 def token_signed_with_another_key(user: User) -> str:
@@ -244,9 +248,9 @@ class TestTestToken:
         assert_unauthorized(await post_test_token(client, bearer(token)))
 
     async def test_test_token_inactive_user(
-        self, client: AsyncClient, inactive_user: User
+        self, client: AsyncClient, db: AsyncSession, inactive_user: User
     ) -> None:
-        response = await post_test_token(client, auth_headers(inactive_user))
+        response = await post_test_token(client, await auth_headers(db, inactive_user))
         assert response.status_code == 400
         assert response.json() == {"detail": "Inactive user"}
 

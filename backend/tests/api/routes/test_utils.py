@@ -1,12 +1,18 @@
 import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from httpx import AsyncClient
+from sqlalchemy import URL
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import settings
-from tests.conftest import SmtpSink, free_port
+from app.core.db import create_engine
+from tests.conftest import SmtpSink, client_using, free_port
 
 HEALTH_CHECK = f"{settings.API_V1_STR}/utils/health-check/"
+READY = f"{settings.API_V1_STR}/utils/ready/"
 TEST_EMAIL = f"{settings.API_V1_STR}/utils/test-email/"
 
 
@@ -16,6 +22,34 @@ class TestHealthCheck:
 
         assert response.status_code == 200
         assert response.json() is True
+
+
+class TestReadiness:
+    async def test_ready_when_the_database_answers(self, client: AsyncClient) -> None:
+        response = await client.get(READY)
+        assert response.status_code == 200
+        assert response.json() is True
+
+    async def test_not_ready_when_the_database_is_unreachable(
+        self, database_url: URL, tmp_path: Path
+    ) -> None:
+        if database_url.get_backend_name() == "sqlite":
+            unreachable = database_url.set(database=str(tmp_path / "no" / "app.db"))
+        else:
+            unreachable = database_url.set(host="127.0.0.1", port=free_port())
+        engine = create_engine(unreachable)
+
+        async def unreachable_session() -> AsyncIterator[AsyncSession]:
+            async with AsyncSession(engine) as session:
+                yield session
+
+        async with client_using(unreachable_session) as client:
+            ready = await client.get(READY)
+            alive = await client.get(HEALTH_CHECK)
+        await engine.dispose()
+        assert ready.status_code == 503
+        assert ready.json() == {"detail": "Database unavailable"}
+        assert alive.status_code == 200
 
 
 class TestTestEmail:
