@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # THE test command: installs what it needs, then runs the whole suite against
-# PostgreSQL and the database-dependent part again against SQLite (the stack
-# and deploy tests check infrastructure and run once), with one coverage
-# report that fails under 90%.
+# PostgreSQL and the database-dependent part again against SQLite (the stack,
+# deploy, fuzz and fault tests run once: they check infrastructure, fuzz a live
+# server, or run a PostgreSQL cluster of their own), with one coverage report
+# that fails under 90%.
 # PostgreSQL comes from POSTGRES_SERVER/PORT/USER/PASSWORD/DB (default
 # 127.0.0.1:5432, user postgres); the suite creates and drops its own
 # `<POSTGRES_DB>_test` database. Extra arguments go to pytest.
@@ -10,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source scripts/ensure-uv.sh
-bash scripts/install-stack-tools.sh  # Adminer, PHP, Chromium for tests/stack
+bash scripts/install-stack-tools.sh  # Adminer, PHP, Chromium, Redis (started if down)
 
 export ENVIRONMENT=local  # the suite covers the local-only routes too
 SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
@@ -26,6 +27,7 @@ echo "== PostgreSQL (${POSTGRES_SERVER}:${POSTGRES_PORT}) =="
 uv run coverage run -m pytest "$@"
 echo "== SQLite =="
 DATABASE_URL="sqlite+aiosqlite:///$(mktemp -d)/app.db" \
-    uv run coverage run -m pytest --ignore=tests/stack --ignore=tests/deploy "$@"
+    uv run coverage run -m pytest --ignore=tests/stack --ignore=tests/deploy \
+    --ignore=tests/fuzz --ignore=tests/faults "$@"
 uv run coverage combine --quiet
 uv run coverage report
