@@ -2,6 +2,10 @@ import asyncio
 import os
 import threading
 import time
+import uuid
+from datetime import timedelta
+
+import pytest
 
 from app.core import security
 from app.core.config import settings
@@ -34,3 +38,37 @@ async def test_event_loop_stays_free_while_hashing() -> None:
     assert elapsed > 0.1
     assert longest_pause < 0.1
     assert all(task.result().startswith("$argon2id$") for task in hashes)
+
+
+def test_a_checked_token_still_expires() -> None:
+    """Decoding is cached per token string; its expiry is checked at every use."""
+    user_id, session_id = uuid.uuid4(), uuid.uuid4()
+    token = security.create_access_token(user_id, session_id, timedelta(seconds=1))
+
+    claims = security.decode_token(token, token_type="access")
+    assert claims is not None and claims.user_id == user_id
+    assert claims.session_id == session_id
+    assert security.decode_token(token, token_type="password_reset") is None
+
+    time.sleep(1.1)
+    assert security.decode_token(token, token_type="access") is None
+
+
+def test_a_cached_token_dies_with_its_signing_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = security.create_access_token(uuid.uuid4(), uuid.uuid4())
+    assert security.decode_token(token, token_type="access") is not None
+
+    monkeypatch.setattr(settings, "SECRET_KEY", "another-secret-key-0123456789-abcdef")
+    assert security.decode_token(token, token_type="access") is None
+
+
+def test_tampered_tokens_are_refused_even_after_the_real_one_was_cached() -> None:
+    token = security.create_access_token(uuid.uuid4(), uuid.uuid4())
+    assert security.decode_token(token, token_type="access") is not None
+    header, payload, signature = token.split(".")
+    first = "B" if signature[0] == "A" else "A"  # all 6 bits of it are signature
+    forged = f"{header}.{payload}.{first}{signature[1:]}"
+
+    assert security.decode_token(forged, token_type="access") is None
