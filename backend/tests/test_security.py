@@ -6,6 +6,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from pwdlib.hashers.argon2 import Argon2Hasher
 
 from app.core import security
 from app.core.config import settings
@@ -25,7 +26,7 @@ async def test_hashing_runs_in_a_lower_priority_pool() -> None:
 
 async def test_event_loop_stays_free_while_hashing() -> None:
     hashes = [
-        asyncio.create_task(security.hash_password("password-123")) for _ in range(4)
+        asyncio.create_task(security.hash_password("password-123")) for _ in range(16)
     ]
     started = time.perf_counter()
     longest_pause = 0.0
@@ -34,10 +35,32 @@ async def test_event_loop_stays_free_while_hashing() -> None:
         await asyncio.sleep(0.005)
         longest_pause = max(longest_pause, time.perf_counter() - before)
     elapsed = time.perf_counter() - started
-    # Four Argon2 hashes take a few hundred ms; the loop never stalls for one.
+    # Sixteen Argon2 hashes take a few hundred ms; the loop never stalls for one.
     assert elapsed > 0.1
     assert longest_pause < 0.1
     assert all(task.result().startswith("$argon2id$") for task in hashes)
+
+
+def test_new_hashes_use_the_configured_argon2_cost() -> None:
+    cost = (
+        f"m={settings.ARGON2_MEMORY_KIB},t={settings.ARGON2_TIME_COST},"
+        f"p={settings.ARGON2_PARALLELISM}"
+    )
+    assert f"$argon2id$v=19${cost}$" in security.password_hash.hash("password-123")
+
+
+async def test_hashes_of_another_cost_verify_and_are_upgraded() -> None:
+    """Hashes made with other parameters (the template's older 64 MiB default)
+    still verify, and come back re-hashed at the configured cost."""
+    older = Argon2Hasher(memory_cost=65_536, time_cost=3, parallelism=4)
+    stored = older.hash("password-123")
+
+    verified, upgraded = await security.verify_password("password-123", stored)
+
+    assert verified
+    assert upgraded is not None and upgraded != stored
+    assert f"m={settings.ARGON2_MEMORY_KIB}," in upgraded
+    assert await security.verify_password("password-123", upgraded) == (True, None)
 
 
 def test_a_checked_token_still_expires() -> None:

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     REFRESH_TOKEN_EXPIRE_DAYS: int = Field(default=7, ge=1)
     SESSION_MAX_AGE_DAYS: int = Field(default=30, ge=1)
     PASSWORD_HASH_CONCURRENCY: int = Field(default=2, ge=1)
+    # Argon2id cost of new hashes; the defaults are OWASP's first recommended
+    # configuration (19 MiB, 2 passes, 1 lane). Stored hashes of other costs
+    # still verify and are re-hashed at the next login.
+    ARGON2_MEMORY_KIB: int = Field(default=19_456, ge=7_168)
+    ARGON2_TIME_COST: int = Field(default=2, ge=1)
+    ARGON2_PARALLELISM: int = Field(default=1, ge=1)
     REQUIRE_EMAIL_VERIFICATION: bool = False
     EMAIL_VERIFY_TOKEN_EXPIRE_HOURS: int = Field(default=48, ge=1)
 

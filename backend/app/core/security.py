@@ -32,7 +32,16 @@ TokenType = Literal["access", "password_reset", "email_verification"]
 
 # Argon2 for new hashes; bcrypt hashes (from older deployments of the
 # template) still verify and are upgraded on the next successful login.
-password_hash = PasswordHash((Argon2Hasher(), BcryptHasher()))
+password_hash = PasswordHash(
+    (
+        Argon2Hasher(
+            time_cost=settings.ARGON2_TIME_COST,
+            memory_cost=settings.ARGON2_MEMORY_KIB,
+            parallelism=settings.ARGON2_PARALLELISM,
+        ),
+        BcryptHasher(),
+    )
+)
 
 
 @cache
@@ -51,7 +60,7 @@ def _lower_thread_priority() -> None:
 
 @cache
 def _hashing_executor() -> ThreadPoolExecutor:
-    # Each Argon2 hash takes ~64 MiB: a small dedicated pool caps parallel hashes
+    # Each Argon2 hash takes ARGON2_MEMORY_KIB: a small dedicated pool caps parallel hashes
     # so a login flood can exhaust neither memory nor the shared thread pool.
     return ThreadPoolExecutor(
         max_workers=settings.PASSWORD_HASH_CONCURRENCY,
