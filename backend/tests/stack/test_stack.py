@@ -402,13 +402,15 @@ def kill_right_after_a_health_check(stack: Stack, replica: str) -> None:
     os.killpg(stack.pid(replica), signal.SIGKILL)
 
 
-def test_replica_killed_mid_run_loses_no_request(
+def test_replica_killed_mid_run_fails_at_most_the_racing_request(
     stack: Stack, proxy: httpx.Client
 ) -> None:
     """200 requests through the proxy; replica 2 dies (SIGKILL, master and workers)
-    after the 50th, right after a health check saw it up, so requests still reach the
-    dead replica until the next check: the retry middleware re-sends them to replica 1,
-    then the health check takes replica 2 out."""
+    after the 50th, right after a health check saw it up, so requests still go to
+    the dead replica until the next check: the retry middleware re-sends them to
+    replica 1 (their connections are refused), then the health check takes replica
+    2 out. A request written to replica 2 in the instant it died is not re-sent
+    (the proxy cannot know it was not served): at most that one fails, with 502."""
     statuses = []
     killed_after = 50
     retry_line = "New attempt 2 for request: /api/v1/utils/health-check/"
@@ -419,7 +421,10 @@ def test_replica_killed_mid_run_loses_no_request(
             kill_right_after_a_health_check(stack, "backend-2")
         response = proxy.get(HEALTH, headers={"X-Request-ID": f"lb-{n}"})
         statuses.append(response.status_code)
-    assert statuses == [200] * 200
+    failed = {n: status for n, status in enumerate(statuses) if status != 200}
+    assert len(failed) <= 1, failed
+    assert set(failed.values()) <= {502}
+    assert set(failed) <= {killed_after, killed_after + 1}, failed
 
     def served_by(name: str) -> set[int]:
         return {int(n) for n in re.findall(r"\[lb-(\d+)\] uvicorn", stack.log(name))}
@@ -428,8 +433,8 @@ def test_replica_killed_mid_run_loses_no_request(
     before = set(range(killed_after))
     assert len(served_by("backend-2")) >= killed_after // 3
     assert served_by("backend-2") <= before
-    assert served_by("backend-1") == (before - served_by("backend-2")) | set(
-        range(killed_after, 200)
+    assert served_by("backend-1") == (before - served_by("backend-2")) | (
+        set(range(killed_after, 200)) - set(failed)
     )
     # Some went to the dead replica first and were retried (Traefik's debug log:
     # its access log's RetryAttempts stays 0 in Traefik 3.7).
