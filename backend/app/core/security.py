@@ -26,7 +26,7 @@ from app.core.config import settings
 logger = logging.getLogger(__name__)
 
 ALGORITHM = "HS256"
-HASHING_NICENESS = 19  # the lowest: hashing yields the CPU to serving requests
+HASHING_NICENESS = 10  # hashing yields the CPU to serving requests, without starving
 T = TypeVar("T")
 TokenType = Literal["access", "password_reset", "email_verification"]
 
@@ -52,8 +52,9 @@ def dummy_hash() -> str:
 
 def _lower_thread_priority() -> None:
     # Linux niceness is per thread and Argon2's lane threads inherit it: under a
-    # login burst the event loop's thread keeps the CPU and other requests stay
-    # fast. (SCHED_IDLE went too far: logins starved and timed out.)
+    # login burst the event loop's thread keeps most of the CPU and other
+    # requests stay fast. At 19 (or SCHED_IDLE) the logins themselves starved:
+    # waits of 5-10 s and timeouts during a burst (benchmark).
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
 
