@@ -9,6 +9,7 @@ import os
 import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -270,6 +271,28 @@ class Load:
 
     def ms(self, percentile: str) -> float:
         return self.latency_us[percentile] / 1000
+
+
+def combine(loads: list[Load]) -> Load:
+    """Runs of one scenario as one: counts summed, latency percentiles averaged."""
+    statuses: dict[str, int] = {}
+    socket_errors: dict[str, int] = {}
+    for load in loads:
+        for code, count in load.statuses.items():
+            statuses[code] = statuses.get(code, 0) + count
+        for kind, count in load.socket_errors.items():
+            socket_errors[kind] = socket_errors.get(kind, 0) + count
+    return Load(
+        requests=sum(load.requests for load in loads),
+        seconds=sum(load.seconds for load in loads),
+        non2xx=sum(load.non2xx for load in loads),
+        statuses=statuses,
+        socket_errors=socket_errors,
+        latency_us={
+            key: statistics.fmean(load.latency_us[key] for load in loads)
+            for key in loads[0].latency_us
+        },
+    )
 
 
 def start_wrk(
