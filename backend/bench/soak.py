@@ -515,6 +515,11 @@ class Load:
                 self.late += missed
                 tick += missed * interval
             tick += interval
+            # Before an action is picked: a picked one counts as under way for
+            # its session (a logout waits for it), so it must run.
+            if len(self.tasks) >= MAX_IN_FLIGHT:
+                self.skipped += 1
+                continue
             action: Callable[[], Awaitable[None]]
             if self.pending:
                 action = self.pending.popleft()
@@ -526,9 +531,6 @@ class Load:
                 next_wrong += wrong_every
             else:
                 action = self.mixed()
-            if len(self.tasks) >= MAX_IN_FLIGHT:
-                self.skipped += 1
-                continue
             self.spawn(action)
 
     async def drain(self, timeout: float = TIMEOUT_S + 5) -> None:
@@ -667,8 +669,12 @@ class Outcome:
 
 
 async def setup_sessions(load: Load, count: int) -> None:
-    """The first sessions, two logins at a time (not counted)."""
-    gate = asyncio.Semaphore(2)
+    """The first sessions (not counted), enough at a time that every hashing
+    thread of every worker hashes: from then on each keeps its Argon2 block
+    (ARGON2_MEMORY_KIB, reused by the allocator), before the memory baseline."""
+    from app.core.config import settings
+
+    gate = asyncio.Semaphore(2 * WORKERS * settings.PASSWORD_HASH_CONCURRENCY)
 
     async def one() -> None:
         async with gate:
