@@ -94,8 +94,8 @@ JSON_TYPE = "application/json"
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 
-def say(message: str) -> None:
-    sys.stderr.write(f"bench [{time.strftime('%H:%M:%S')}] {message}\n")
+def say(message: str, tool: str = "bench") -> None:
+    sys.stderr.write(f"{tool} [{time.strftime('%H:%M:%S')}] {message}\n")
     sys.stderr.flush()
 
 

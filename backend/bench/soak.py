@@ -56,13 +56,24 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench import db
-from bench.run import API, HEALTH, PASSWORD, RESULTS_DIR, Check, git_state, server_env
+from bench.run import (
+    API,
+    HEALTH,
+    PASSWORD,
+    RESULTS_DIR,
+    Check,
+    git_state,
+    out,
+    server_env,
+)
+from bench.run import say as bench_say
 from bench.servers import (
     BACKEND_DIR,
     CpuSample,
@@ -111,14 +122,7 @@ EXPECTED = {
 WRONG_ACCOUNTS = 100  # the top users: wrong passwords only, in turn
 
 
-def say(message: str) -> None:
-    sys.stderr.write(f"soak [{time.strftime('%H:%M:%S')}] {message}\n")
-    sys.stderr.flush()
-
-
-def out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+say = partial(bench_say, tool="soak")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
