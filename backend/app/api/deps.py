@@ -2,7 +2,7 @@ import base64
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -222,8 +222,9 @@ async def get_owned_item(
 OwnedItemDep = Annotated[Item, Depends(get_owned_item)]
 
 
-def next_cursor(rows: Sequence[Item] | Sequence[User], page: crud.Page) -> str | None:
-    """An opaque cursor for the rows after a full page (newest first), else None."""
+def next_cursor(rows: Sequence[Any], page: crud.Page) -> str | None:
+    """An opaque cursor for the rows (with `created_at` and `id`) after a full page
+    (newest first), else None."""
     if len(rows) < page.limit:
         return None
     position = f"{rows[-1].created_at.isoformat()}|{rows[-1].id}"

@@ -1,3 +1,4 @@
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -60,7 +61,7 @@ async def test_list_items_after_position_continues_newest_first(
     await db.commit()
     expected = sorted(items, key=lambda item: item.id, reverse=True)
 
-    seen: list[Item] = []
+    seen: list[uuid.UUID] = []
     after = None
     while True:
         page, count = await crud.list_items(
@@ -69,6 +70,6 @@ async def test_list_items_after_position_continues_newest_first(
         assert count == 5
         if not page:
             break
-        seen += page
+        seen += [row.id for row in page]
         after = crud.Position(page[-1].created_at, page[-1].id)
-    assert [i.id for i in seen] == [i.id for i in expected]
+    assert seen == [i.id for i in expected]
