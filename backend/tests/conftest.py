@@ -2,13 +2,14 @@
 each test runs in a transaction rolled back at its end."""
 
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
@@ -28,6 +29,8 @@ from app.core.db import create_engine, get_db
 from app.main import app
 from app.models import AuthAttempt, Item, Role, User
 from tests import factories
+
+T = TypeVar("T")
 
 BACKEND_DIR = Path(__file__).resolve().parents[1]
 
@@ -120,11 +123,15 @@ async def db(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
 @asynccontextmanager
 async def client_using(
     get_session: Callable[[], AsyncIterator[AsyncSession]],
+    *,
+    raise_app_exceptions: bool = True,
 ) -> AsyncIterator[AsyncClient]:
-    """An HTTP client on the app whose requests take their session from `get_session`."""
+    """An HTTP client on the app whose requests take their session from `get_session`.
+    An unhandled error is raised into the test, or with `raise_app_exceptions=False`
+    comes back as the bare 500 a real server sends."""
     app.dependency_overrides[get_db] = get_session
     try:
-        transport = ASGITransport(app=app)
+        transport = ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
         async with AsyncClient(transport=transport, base_url="http://test") as ac:
             yield ac
     finally:
@@ -174,6 +181,20 @@ class SmtpSink:
         self.messages.append(message)
         self.recipients.append(list(envelope.rcpt_tos))
         return "250 Message accepted for delivery"
+
+
+def wait_until(
+    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05
+) -> T:
+    """Poll `probe` until it returns something other than None or False."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import httpx
 import psycopg
@@ -28,7 +28,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.db import create_engine
 from app.initial_data import ensure_superuser
-from tests.conftest import alembic_config, free_port
+from tests.conftest import alembic_config, free_port, wait_until
 
 BACKEND_DIR = Path(__file__).resolve().parents[2]
 SUPERUSER = ("faults-admin@example.com", "faults-admin-password")
@@ -41,7 +41,6 @@ CLIENT_TIMEOUT = 15.0
 STARTUP_TIMEOUT = 30.0
 
 StopMode = Literal["fast", "immediate"]
-T = TypeVar("T")
 
 
 def _postgres_bin_dir() -> Path:
@@ -209,20 +208,6 @@ def database(cluster: Cluster, template_database: str) -> Iterator[str]:
 @pytest.fixture
 def empty_database(cluster: Cluster) -> Iterator[str]:
     yield from _database_of_test(cluster, "template1")
-
-
-def wait_until(
-    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05
-) -> T:
-    """Poll `probe` until it returns something other than None or False."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import wait_until
 from tests.faults.conftest import (
     CLIENT_TIMEOUT,
     POOL_TIMEOUT,
@@ -22,7 +23,6 @@ from tests.faults.conftest import (
     login,
     serve,
     settled_sessions,
-    wait_until,
 )
 
 POOL_SIZE = 2

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import httpx
 
+from tests.conftest import wait_until
 from tests.faults.conftest import (
     CLIENT_TIMEOUT,
     CONNECT_TIMEOUT,
@@ -15,7 +16,6 @@ from tests.faults.conftest import (
     login,
     serve,
     start_prestart,
-    wait_until,
 )
 
 READY = "/api/v1/utils/ready/"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import wait_until
 from tests.faults.conftest import (
     CLIENT_TIMEOUT,
     Cluster,
@@ -18,7 +19,6 @@ from tests.faults.conftest import (
     login,
     serve,
     stored_items,
-    wait_until,
 )
 from tests.faults.load import WriteLoad, stored_problems, stored_unacknowledged
 

@@ -21,7 +21,7 @@ import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -31,7 +31,7 @@ import jwt
 import pytest
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
-from httpx import ASGITransport, AsyncClient, Response
+from httpx import AsyncClient, Response
 from pydantic import ValidationError
 from sqlmodel import SQLModel, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -40,12 +40,11 @@ from app import crud
 from app.api import deps
 from app.core import security, supabase
 from app.core.config import BACKEND_DIR, Settings, settings
-from app.core.db import get_db
 from app.main import app
 from app.models import Item, Role, User, utcnow
 from tests import factories
 from tests.api.helpers import API, assert_unauthorized, bearer, login, refresh
-from tests.conftest import SmtpSink
+from tests.conftest import SmtpSink, client_using
 from tests.core.test_supabase import (
     HS_SECRET,
     FakeSupabase,
@@ -300,19 +299,12 @@ def hashing(monkeypatch: pytest.MonkeyPatch) -> HashingProbe:
     return probe
 
 
-@asynccontextmanager
-async def server_like_client(
+def server_like_client(
     get_session: Callable[[], AsyncIterator[AsyncSession]],
-) -> AsyncIterator[AsyncClient]:
+) -> AbstractAsyncContextManager[AsyncClient]:
     """A client on the app whose unhandled errors come back as the 500 a real server
     sends (conftest's client raises them into the test instead)."""
-    app.dependency_overrides[get_db] = get_session
-    try:
-        transport = ASGITransport(app=app, raise_app_exceptions=False)
-        async with AsyncClient(transport=transport, base_url="http://test") as ac:
-            yield ac
-    finally:
-        app.dependency_overrides.clear()
+    return client_using(get_session, raise_app_exceptions=False)
 
 
 @pytest.fixture

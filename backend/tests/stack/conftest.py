@@ -6,24 +6,21 @@ with a check that no process it started is left."""
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import pytest
 from sqlalchemy import URL
 
-from tests.conftest import _empty_database, free_port
+from tests.conftest import _empty_database, free_port, wait_until
 
 BACKEND_DIR = Path(__file__).resolve().parents[2]
 STACK_SH = BACKEND_DIR / "scripts" / "stack.sh"
 SUPERUSER = ("stack-admin@example.com", "stack-admin-password")
 DOMAIN = "localhost"
 PROCESSES = ("smtp", "backend-1", "backend-2", "adminer", "traefik")
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -75,20 +72,6 @@ def process_groups() -> dict[int, int]:
         fields = stat[stat.rindex(")") + 2 :].split()
         groups[int(entry.name)] = int(fields[2])
     return groups
-
-
-def wait_until(
-    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1
-) -> T:
-    """Poll `probe` until it returns something other than None or False."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="package")

@@ -16,8 +16,8 @@ import bcrypt
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.stack.conftest import DOMAIN, SUPERUSER, Stack, wait_until
+from tests.conftest import free_port, wait_until
+from tests.stack.conftest import DOMAIN, SUPERUSER, Stack
 
 REPO_DIR = Path(__file__).resolve().parents[3]
 HEALTH = "/api/v1/utils/health-check/"
