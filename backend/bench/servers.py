@@ -207,7 +207,8 @@ def traefik(backend_url: str, *, state: Path) -> tuple[Process, str]:
     """Traefik with the repo's routing files (traefik/dynamic) in front of `backend_url`.
 
     The static configuration mirrors scripts/stack.sh: plain HTTP entrypoints on
-    loopback, JSON access log to a file, the file provider on traefik/dynamic.
+    loopback, the JSON access log of errors, retries and slow requests to a
+    file, the file provider on traefik/dynamic, GOMAXPROCS=PROXY_GOMAXPROCS (1).
     """
     binary = VENV_BIN / "traefik"
     if not binary.exists():
@@ -220,6 +221,11 @@ def traefik(backend_url: str, *, state: Path) -> tuple[Process, str]:
             "filePath": str(state / "traefik-access.log"),
             "format": "json",
             "fields": {"headers": {"names": {"X-Request-Id": "keep"}}},
+            "filters": {
+                "statusCodes": ["400-599"],
+                "retryAttempts": True,
+                "minDuration": "1s",
+            },
         },
         "api": {"dashboard": True},
         "providers": {"file": {"directory": str(REPO_DIR / "traefik" / "dynamic")}},
@@ -241,6 +247,7 @@ def traefik(backend_url: str, *, state: Path) -> tuple[Process, str]:
     config_file.write_text(json.dumps(config))
     env = {
         **os.environ,
+        "GOMAXPROCS": os.environ.get("PROXY_GOMAXPROCS") or "1",
         "DOMAIN": "localhost",
         "PROXY_HTTPS": "false",
         "BACKEND_SERVERS": backend_url,

@@ -35,6 +35,7 @@
 #   STACK_START_TIMEOUT     60     seconds for prestart, and again for start-up
 #   STACK_VENV              backend/.venv
 #   DOMAIN                  localhost  host name the routers answer on
+#   PROXY_GOMAXPROCS        1      cores Traefik's Go runtime runs on (as in Docker)
 # Every server listens on 127.0.0.1 only. Linux (uses /proc and setsid).
 set -euo pipefail
 
@@ -195,7 +196,8 @@ global:
 log:
   level: $TRAEFIK_LOG_LEVEL
   noColor: true
-# JSON lines, with the request id of each request.
+# JSON lines, with the request id, as in docker-compose.yml: the replicas log
+# every request, the proxy its errors, retries and slow requests.
 accessLog:
   filePath: $STATE_DIR/traefik-access.log
   format: json
@@ -203,6 +205,10 @@ accessLog:
     headers:
       names:
         X-Request-Id: keep
+  filters:
+    statusCodes: ["400-599"]
+    retryAttempts: true
+    minDuration: 1s
 api:
   dashboard: true
 providers:
@@ -262,7 +268,8 @@ start() {
     (
         # From the state directory: no stray ./traefik.yml around.
         cd "$STATE_DIR"
-        DOMAIN="$DOMAIN" PROXY_HTTPS=false BACKEND_SERVERS="$servers" \
+        GOMAXPROCS="${PROXY_GOMAXPROCS:-1}" \
+            DOMAIN="$DOMAIN" PROXY_HTTPS=false BACKEND_SERVERS="$servers" \
             BACKEND_HEALTHCHECK_INTERVAL="$HEALTHCHECK_INTERVAL" \
             ADMINER_URL="http://$HOST:$ADMINER_PHP_PORT" \
             launch traefik traefik --configFile="$STATE_DIR/traefik/traefik.yml"
