@@ -30,8 +30,8 @@ postgres), which must allow CREATE DATABASE. Everything listens on 127.0.0.1.
      users/me through Traefik (the repo's traefik/dynamic routing files), in
                       turn with users/me direct.
    The pairs a target compares by a ratio (ceiling and users/me, Traefik and
-   direct) run in turn, two rounds each (a, b, a, b), so that the drift of a
-   shared machine touches both alike.
+   direct) run in turn, four rounds of half `--duration` each (a, b, a, b...),
+   so that the drift of a shared machine touches both alike.
    Then a fresh server for memory: each worker's RSS after 10,000 and after
    100,000 requests of /users/me.
 3. Prints a Markdown table (req/s, latency percentiles, errors = every non-2xx
@@ -270,12 +270,15 @@ class Bench:
         return load
 
     def interleaved(
-        self, runs: list[tuple[str, Callable[[], str], dict[str, str]]], rounds: int = 2
+        self, runs: list[tuple[str, Callable[[], str], dict[str, str]]], rounds: int = 4
     ) -> None:
         """Scenarios compared by a ratio, measured in turn (a, b, a, b...) so that
         the machine's drift (other tenants, caches) touches both alike; each is
-        recorded as its rounds summed (percentiles: their mean)."""
+        recorded as its rounds summed (percentiles: their mean). The rounds share
+        2 x --duration: a shared machine's speed moves within seconds, so more
+        and shorter turns."""
         concurrency = self.args.concurrency
+        seconds = max(1, 2 * self.args.duration // rounds)
         loads: dict[str, list[Load]] = {name: [] for name, _, _ in runs}
         usages: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in runs}
         for round_number in range(1, rounds + 1):
@@ -286,9 +289,7 @@ class Bench:
                 if self.args.warmup:
                     self.run_wrk(url, self.args.warmup, concurrency, args)
                 start = self.sample()
-                loads[name].append(
-                    self.run_wrk(url, self.args.duration, concurrency, args)
-                )
+                loads[name].append(self.run_wrk(url, seconds, concurrency, args))
                 usages[name].append(self.usage(start))
         for name, _, _ in runs:
             summed = {
