@@ -1,12 +1,12 @@
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
-from sqlalchemy import Row, bindparam, tuple_, update
+from sqlalchemy import ColumnElement, bindparam, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from sqlmodel.sql.expression import Select, SelectOfScalar
+from sqlmodel.sql.expression import Select
 
 from app.core.config import settings
 from app.core.security import (
@@ -30,8 +30,6 @@ from app.models import (
     utcnow,
 )
 
-ListStatement = TypeVar("ListStatement", SelectOfScalar[Any], Select[Any])
-
 
 class EmailAlreadyExistsError(Exception):
     pass
@@ -52,21 +50,35 @@ class Page(NamedTuple):
 
 async def _paginate(
     session: AsyncSession,
-    statement: ListStatement,
-    *,
+    *columns: Any,
     model: type[Item] | type[User],
     page: Page,
+    where: tuple[ColumnElement[bool], ...] = (),
 ) -> tuple[list[Any], int]:
-    """One page of `statement`, newest first, plus the total it matches (cursor or not)."""
-    count = await session.scalar(select(func.count()).select_from(statement.subquery()))
+    """One page of `columns` of `model`'s rows matching `where`, newest first,
+    plus the total they match (cursor or not).
+
+    The total rides on every row as a last column, a scalar subquery the
+    database computes once: page and count in one round trip. Only a page past
+    the end, which has no row to carry it, costs a second query."""
+    count = select(func.count()).select_from(model).where(*where)
+    statement: Select[*tuple[Any, ...]] = Select(
+        *columns, count.scalar_subquery()
+    ).where(*where)
     if page.after is not None:
         # A row comparison the (…, created_at, id) indexes answer without a scan.
         statement = statement.where(
             tuple_(col(model.created_at), col(model.id)) < page.after
         )
     statement = statement.order_by(col(model.created_at).desc(), col(model.id).desc())
-    rows = await session.exec(statement.offset(page.skip).limit(page.limit))
-    return list(rows.all()), count or 0
+    rows = list(
+        (await session.exec(statement.offset(page.skip).limit(page.limit))).all()
+    )
+    if rows:
+        return rows, rows[0][-1]
+    if page.skip == 0 and page.after is None:
+        return rows, 0
+    return rows, await session.scalar(count) or 0
 
 
 async def _commit_user(session: AsyncSession, user: User) -> User:
@@ -93,7 +105,8 @@ async def get_user_by_email(*, session: AsyncSession, email: str) -> User | None
 
 
 async def list_users(*, session: AsyncSession, page: Page) -> tuple[list[User], int]:
-    return await _paginate(session, select(User), model=User, page=page)
+    rows, count = await _paginate(session, User, model=User, page=page)
+    return [row[0] for row in rows], count
 
 
 async def create_user(
@@ -354,12 +367,12 @@ ITEM_LIST_COLUMNS = tuple(col(getattr(Item, name)) for name in ItemPublic.model_
 
 async def list_items(
     *, session: AsyncSession, owner_id: uuid.UUID | None, page: Page
-) -> tuple[list[Row[Any]], int]:
+) -> tuple[list[Any], int]:
     """Items of `owner_id`, or of everyone when it is None; newest first."""
-    statement = select(*ITEM_LIST_COLUMNS)
-    if owner_id is not None:
-        statement = statement.where(Item.owner_id == owner_id)
-    return await _paginate(session, statement, model=Item, page=page)
+    where = () if owner_id is None else (col(Item.owner_id) == owner_id,)
+    return await _paginate(
+        session, *ITEM_LIST_COLUMNS, model=Item, page=page, where=where
+    )
 
 
 async def create_item(

@@ -73,3 +73,18 @@ async def test_list_items_after_position_continues_newest_first(
         seen += [row.id for row in page]
         after = crud.Position(page[-1].created_at, page[-1].id)
     assert seen == [i.id for i in expected]
+
+
+async def test_list_items_total_beside_empty_pages(
+    db: AsyncSession, user: User
+) -> None:
+    # The total usually comes with the page's rows; these pages have none.
+    assert await crud.list_items(
+        session=db, owner_id=user.id, page=crud.Page(skip=0, limit=10)
+    ) == ([], 0)
+    await factories.create_item(db, owner=user)
+    await factories.create_item(db, owner=user)
+    past_the_end = await crud.list_items(
+        session=db, owner_id=user.id, page=crud.Page(skip=5, limit=10)
+    )
+    assert past_the_end == ([], 2)
