@@ -307,32 +307,21 @@ class TestEventsThatEndSessions:
         assert_unauthorized(await me(client, old["access_token"]))
         assert_unauthorized(await refresh(client, old["refresh_token"]))
 
-    async def test_admin_setting_a_password_ends_the_users_sessions(
+    @pytest.mark.parametrize(
+        "change",
+        [{"password": "set-by-the-admin"}, {"is_active": False}],
+        ids=["admin-sets-password", "deactivation"],
+    )
+    async def test_admin_change_ends_the_users_sessions(
         self,
         client: AsyncClient,
         user: User,
         superuser_headers: dict[str, str],
+        change: dict[str, object],
     ) -> None:
         old = await log_in(client, user)
         response = await client.patch(
-            f"{API}/users/{user.id}",
-            headers=superuser_headers,
-            json={"password": "set-by-the-admin"},
-        )
-        assert response.status_code == 200
-        assert_unauthorized(await me(client, old["access_token"]))
-
-    async def test_deactivation_ends_sessions(
-        self,
-        client: AsyncClient,
-        user: User,
-        superuser_headers: dict[str, str],
-    ) -> None:
-        old = await log_in(client, user)
-        response = await client.patch(
-            f"{API}/users/{user.id}",
-            headers=superuser_headers,
-            json={"is_active": False},
+            f"{API}/users/{user.id}", headers=superuser_headers, json=change
         )
         assert response.status_code == 200
         assert_unauthorized(await me(client, old["access_token"]))
