@@ -9,16 +9,17 @@ and wrk if missing, then runs this module with `uv run`):
 PostgreSQL: POSTGRES_SERVER/PORT/USER/PASSWORD (default 127.0.0.1:5432, user
 postgres), which must allow CREATE DATABASE. Everything listens on 127.0.0.1.
 
-1. Creates `bench_<timestamp>_<pid>` (never the app's database), migrates it
-   with `alembic upgrade head`, seeds 10,000 users (one Argon2 hash of a known
-   password) and 10,000 items: the reader (user 0) and the writer (user 1) own
-   exactly 100 items each.
+1. Creates `bench_<timestamp>_<pid>` and `bench_<timestamp>_<pid>_small`
+   (never the app's database), migrates both with `alembic upgrade head`,
+   seeds each with 10,000 users (one Argon2 hash of a known password) and
+   10,000 items: the reader (user 0) and the writer (user 1) own exactly 100
+   items each. Then tops the first up to 1,000,000 items (VACUUM ANALYZE).
 2. Serves the app the production way: gunicorn with 2 uvicorn workers,
    ENVIRONMENT=production (JSON log lines, to a log file), a fixed SECRET_KEY.
    Each scenario is a warm-up (`--warmup` s) then `--duration` s of wrk
    (bench/load.lua) at `--concurrency` connections:
-     items 10k / 1M   GET /items/?limit=100 as the reader, before and after
-                      topping the table up to 1,000,000 rows (VACUUM ANALYZE)
+     items 10k / 1M   GET /items/?limit=100 as the reader, on the small
+                      database and on the 1M one, in turn (a server each)
      sequential       200 GET /items/?limit=100 one after the other (1M rows)
      ceiling          bench/ceiling.py (its own gunicorn, same engine), one
                       SELECT 1 per request, in turn with users/me (one
@@ -29,8 +30,8 @@ postgres), which must allow CREATE DATABASE. Everything listens on 127.0.0.1.
      users/me at 8 connections alone, then during 16 concurrent logins,
      users/me through Traefik (the repo's traefik/dynamic routing files), in
                       turn with users/me direct.
-   The pairs a target compares by a ratio (ceiling and users/me, Traefik and
-   direct) run in turn, four rounds of half `--duration` each (a, b, a, b...),
+   The pairs a target compares by a ratio (items 10k and 1M, ceiling and
+   users/me, Traefik and direct) run in turn, four rounds of half `--duration` each (a, b, a, b...),
    so that the drift of a shared machine touches both alike.
    Then a fresh server for memory: each worker's RSS after 10,000 and after
    100,000 requests of /users/me.
@@ -38,7 +39,7 @@ postgres), which must allow CREATE DATABASE. Everything listens on 127.0.0.1.
    response and socket error, ratio to the ceiling), the targets as PASS/FAIL
    lines, and writes everything to backend/bench/results/<timestamp>.json.
 
-Drops the database at the end unless --keep. Logs (servers, wrk, Traefik) go to
+Drops the databases at the end unless --keep. Logs (servers, wrk, Traefik) go to
 a temporary directory, removed on success, kept and named on failure or with
 --keep. Exit status: 0 when every target passes, 1 when one fails (0 with
 --no-check-exit), 2 on an error.
@@ -179,11 +180,12 @@ class OneServer:
         self.bench = bench
         self.running: tuple[str, Process, str] | None = None
 
-    def url(self, name: str, app: str) -> str:
-        """The base URL of `app`, started (and the other one stopped) if needed."""
+    def url(self, name: str, app: str, database: str | None = None) -> str:
+        """The base URL of `app` (on `database`, default the main one), started
+        (and the other one stopped) if needed."""
         if self.running is None or self.running[0] != name:
             self.stop()
-            proc, url = self.bench.serve(name, app)
+            proc, url = self.bench.serve(name, app, database)
             self.running = (name, proc, url)
         return self.running[2]
 
@@ -200,21 +202,26 @@ class Bench:
         env: dict[str, str],
         state: Path,
         server: db.Server,
-        database: str,
+        databases: list[str],
     ) -> None:
         self.args = args
         self.env = env
         self.state = state
         self.server = server
-        self.database = database
+        self.databases = databases  # the main one first
         self.wrk_log = state / "wrk.log"
         self.processes: list[Process] = []
         self.results = Results()
 
     # --- processes ---------------------------------------------------------
 
-    def serve(self, name: str, app: str) -> tuple[Process, str]:
-        proc, url = gunicorn(name, app, env=self.env, state=self.state)
+    def serve(
+        self, name: str, app: str, database: str | None = None
+    ) -> tuple[Process, str]:
+        env = self.env
+        if database is not None:
+            env = {**env, "DATABASE_URL": self.server.url(database)}
+        proc, url = gunicorn(name, app, env=env, state=self.state)
         self.processes.append(proc)
         proc.wait_http(url + (HEALTH if app.startswith("app.") else "/"))
         return proc, url
@@ -234,8 +241,8 @@ class Bench:
         for proc in self.processes:
             group = "traefik" if proc.name == "traefik" else "app"
             groups.setdefault(group, []).extend([proc.pid, *proc.children()])
-        cpu = sample_cpu(groups, self.database)
-        return cpu, db.sessions(self.server, self.database)
+        cpu = sample_cpu(groups, self.databases)
+        return cpu, sum(db.sessions(self.server, name) for name in self.databases)
 
     def usage(self, start: tuple[CpuSample, int]) -> dict[str, float]:
         cpu, sessions = self.sample()
@@ -437,47 +444,69 @@ def write_lines(path: Path, lines: list[str]) -> str:
     return str(path)
 
 
-def run(bench: Bench, server: db.Server, db_name: str) -> None:
-    args, state, results = bench.args, bench.state, bench.results
-    started = time.monotonic()
-    db.create_database(server, db_name)
-    say(f"database {db_name}: alembic upgrade head")
+def migrate(bench: Bench, database: str) -> None:
     subprocess.run(
         [sys.executable, "-m", "alembic", "upgrade", "head"],
         cwd=BACKEND_DIR,
-        env=bench.env,
+        env={**bench.env, "DATABASE_URL": bench.server.url(database)},
         check=True,
         timeout=300,
         stdout=subprocess.DEVNULL,
-        stderr=(state / "alembic.log").open("w"),
+        stderr=(bench.state / f"alembic-{database}.log").open("w"),
     )
+
+
+def run(bench: Bench, server: db.Server) -> None:
+    args, state, results = bench.args, bench.state, bench.results
+    large_db, small_db = bench.databases
+    started = time.monotonic()
+    for name in bench.databases:
+        db.create_database(server, name)
+        say(f"database {name}: alembic upgrade head")
+        migrate(bench, name)
     results.timings_s["migrate"] = time.monotonic() - started
 
     from app.core.security import password_hash  # after the environment is set
 
-    say(f"seeding {args.users:,} users, {args.small_items:,} items")
+    say(f"seeding {args.users:,} users, {args.small_items:,} items (in each database)")
     started = time.monotonic()
-    with server.connect(db_name) as conn:
-        db.seed_users(conn, args.users, password_hash.hash(PASSWORD))
-        db.add_items(conn, args.small_items)
+    hashed = password_hash.hash(PASSWORD)
+    for name in bench.databases:
+        with server.connect(name) as conn:
+            db.seed_users(conn, args.users, hashed)
+            db.add_items(conn, args.small_items)
+    with server.connect(large_db) as conn:
         put_ids = db.own_item_ids(conn, 1)
     results.timings_s["seed_small"] = time.monotonic() - started
 
-    servers = OneServer(bench)
-    url = servers.url("api", "app.main:app")
-    me = {"token": login(url, 0)}
-    writer = {"token": login(url, 1), "type": JSON_TYPE}
-    items = url + f"{API}/items/?limit=100"
-    bench.measure(f"GET /items/?limit=100, {args.small_items:,} rows", items, me)
-
-    say(f"topping items up to {args.items:,} rows, VACUUM ANALYZE")
+    say(f"topping items up to {args.items:,} rows in {large_db}, VACUUM ANALYZE")
     started = time.monotonic()
-    with server.connect(db_name) as conn:
+    with server.connect(large_db) as conn:
         db.add_items(conn, args.items)
     results.timings_s["seed_large"] = time.monotonic() - started
     say(f"  {results.timings_s['seed_large']:.1f} s")
 
-    bench.measure(f"GET /items/?limit=100, {args.items:,} rows", items, me)
+    servers = OneServer(bench)
+    me_small = {"token": login(servers.url("api-10k", "app.main:app", small_db), 0)}
+    url = servers.url("api", "app.main:app")
+    me = {"token": login(url, 0)}
+    writer = {"token": login(url, 1), "type": JSON_TYPE}
+    items = f"{API}/items/?limit=100"
+    bench.interleaved(
+        [
+            (
+                f"GET /items/?limit=100, {args.small_items:,} rows",
+                lambda: servers.url("api-10k", "app.main:app", small_db) + items,
+                me_small,
+            ),
+            (
+                f"GET /items/?limit=100, {args.items:,} rows",
+                lambda: servers.url("api", "app.main:app") + items,
+                me,
+            ),
+        ]
+    )
+    url = servers.url("api", "app.main:app")
     bench.sequential(
         f"GET /items/?limit=100, {args.items:,} rows, sequential",
         url,
@@ -748,15 +777,16 @@ def main(argv: list[str] | None = None) -> int:
     wall_start = time.monotonic()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     db_name = f"bench_{stamp.lower()}_{os.getpid()}"
+    databases = [db_name, f"{db_name}_small"]  # 1M items, and the 10k of step 1
     server = db.Server.from_env()
     env = server_env(server.url(db_name))
     os.environ.clear()
     os.environ.update(env)
     state = Path(tempfile.mkdtemp(prefix="bench-"))
-    bench = Bench(args, env, state, server, db_name)
+    bench = Bench(args, env, state, server, databases)
     failed = True
     try:
-        run(bench, server, db_name)
+        run(bench, server)
         failed = False
     except (Exception, KeyboardInterrupt):
         sys.stderr.write(traceback.format_exc())
@@ -764,9 +794,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.stop_all()
         if args.keep:
-            say(f"kept database {db_name} and logs in {state}")
+            say(f"kept databases {', '.join(databases)} and logs in {state}")
         else:
-            db.drop_database(server, db_name)
+            for name in databases:
+                db.drop_database(server, name)
             if not failed:
                 shutil.rmtree(state, ignore_errors=True)
     if failed:

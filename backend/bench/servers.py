@@ -131,8 +131,11 @@ class CpuSample:
     load: float  # this process and its finished children (wrk)
 
 
-def sample_cpu(groups: dict[str, list[int]], database: str) -> CpuSample:
-    groups = {**groups, "postgres": backends(database)}
+def sample_cpu(groups: dict[str, list[int]], databases: list[str]) -> CpuSample:
+    groups = {
+        **groups,
+        "postgres": [pid for name in databases for pid in backends(name)],
+    }
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return CpuSample(

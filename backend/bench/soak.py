@@ -711,7 +711,7 @@ async def soak(
         await setup_sessions(load, args.sessions)
         monitor = Monitor(server, database, api, load)
         groups = {"app": [api.pid, *monitor.workers]}
-        cpu_start: CpuSample = sample_cpu(groups, database)
+        cpu_start: CpuSample = sample_cpu(groups, [database])
         await monitor.sample()
         sampler = asyncio.create_task(monitor.run())
         seconds = args.minutes * 60
@@ -723,7 +723,7 @@ async def soak(
         finally:
             outcome.seconds = time.monotonic() - started
             sampler.cancel()
-        outcome.cpu_s = cpu_used(cpu_start, sample_cpu(groups, database))
+        outcome.cpu_s = cpu_used(cpu_start, sample_cpu(groups, [database]))
         await asyncio.sleep(2)  # the last transactions end, overflow connections close
         outcome.end = await monitor.sample()
     outcome.samples = monitor.samples
