@@ -13,7 +13,6 @@ import json
 import os
 import re
 import secrets
-import statistics
 import subprocess
 import sys
 import threading
@@ -1230,28 +1229,25 @@ class TestAPI4UnrestrictedResourceConsumption:
         monkeypatch: pytest.MonkeyPatch,
         hashing: HashingProbe,
     ) -> None:
-        """Rate limits are checked before the password: a 429 is much faster than a
-        400 that had to hash (timings interleaved, in one run)."""
+        """Rate limits are checked before the password: a 429 hashes nothing, a
+        400 hashes once (the hashing threads' own count, interleaved, in one run).
+        Counted rather than timed: a timing on this shared machine was flaky."""
         monkeypatch.setattr(settings, "LOGIN_MAX_FAILURES_PER_ACCOUNT", 2)
         monkeypatch.setattr(settings, "LOGIN_MAX_FAILURES_PER_ADDRESS", 1000)
         blocked = factories.random_email()
         for _ in range(3):
             await login(client, blocked, WRONG_PASSWORD)
-        timings: dict[int, list[float]] = {400: [], 429: []}
+        hashes_by_status: dict[int, list[int]] = {400: [], 429: []}
 
         for _ in range(5):
             for email in (blocked, factories.random_email()):
                 hashes_before = hashing.calls
-                started = time.perf_counter()
                 response = await login(client, email, WRONG_PASSWORD)
-                timings[response.status_code].append(time.perf_counter() - started)
-                expected_hashes = 0 if response.status_code == 429 else 1
-                assert hashing.calls - hashes_before == expected_hashes
+                hashes_by_status[response.status_code].append(
+                    hashing.calls - hashes_before
+                )
 
-        assert len(timings[429]) == len(timings[400]) == 5
-        blocked_time = statistics.median(timings[429])
-        hashing_time = statistics.median(timings[400])
-        assert blocked_time * 3 < hashing_time, (blocked_time, hashing_time)
+        assert hashes_by_status == {400: [1] * 5, 429: [0] * 5}
 
 
 class TestAPI5BrokenFunctionLevelAuthorization:
