@@ -32,8 +32,9 @@ postgres), which must allow CREATE DATABASE. Everything listens on 127.0.0.1.
      users/me through Traefik (the repo's traefik/dynamic routing files), in
                       turn with users/me direct.
    The pairs a target compares by a ratio (items 10k and 1M, ceiling and
-   users/me, Traefik and direct) run in turn, four rounds of half `--duration` each (a, b, a, b...),
-   so that the drift of a shared machine touches both alike.
+   users/me, Traefik and direct) run in turn, four rounds of half `--duration`
+   each (a, b, a, b...), so that the drift of a shared machine touches both
+   alike.
    Then a fresh server for memory: each worker's RSS after 10,000 and after
    100,000 requests of /users/me.
 3. Prints a Markdown table (req/s, latency percentiles, errors = every non-2xx
@@ -214,14 +215,16 @@ class Bench:
         self.processes: list[Process] = []
         self.results = Results()
 
+    def env_on(self, database: str) -> dict[str, str]:
+        """The servers' environment, with `database` instead of the main one."""
+        return {**self.env, "DATABASE_URL": self.server.url(database)}
+
     # --- processes ---------------------------------------------------------
 
     def serve(
         self, name: str, app: str, database: str | None = None
     ) -> tuple[Process, str]:
-        env = self.env
-        if database is not None:
-            env = {**env, "DATABASE_URL": self.server.url(database)}
+        env = self.env if database is None else self.env_on(database)
         proc, url = gunicorn(name, app, env=env, state=self.state)
         self.processes.append(proc)
         proc.wait_http(url + (HEALTH if app.startswith("app.") else "/"))
@@ -449,7 +452,7 @@ def migrate(bench: Bench, database: str) -> None:
     subprocess.run(
         [sys.executable, "-m", "alembic", "upgrade", "head"],
         cwd=BACKEND_DIR,
-        env={**bench.env, "DATABASE_URL": bench.server.url(database)},
+        env=bench.env_on(database),
         check=True,
         timeout=300,
         stdout=subprocess.DEVNULL,
@@ -457,8 +460,8 @@ def migrate(bench: Bench, database: str) -> None:
     )
 
 
-def run(bench: Bench, server: db.Server) -> None:
-    args, state, results = bench.args, bench.state, bench.results
+def run(bench: Bench) -> None:
+    args, state, results, server = bench.args, bench.state, bench.results, bench.server
     large_db, small_db = bench.databases
     started = time.monotonic()
     for name in bench.databases:
@@ -480,7 +483,9 @@ def run(bench: Bench, server: db.Server) -> None:
         put_ids = db.own_item_ids(conn, 1)
     results.timings_s["seed_small"] = time.monotonic() - started
 
-    say(f"topping items up to {args.items:,} rows in {large_db}, VACUUM ANALYZE")
+    say(
+        f"topping items up to {args.items:,} rows in {large_db}, VACUUM ANALYZE, CHECKPOINT"
+    )
     started = time.monotonic()
     with server.connect(large_db) as conn:
         db.add_items(conn, args.items)
@@ -791,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, env, state, server, databases)
     failed = True
     try:
-        run(bench, server)
+        run(bench)
         failed = False
     except (Exception, KeyboardInterrupt):
         sys.stderr.write(traceback.format_exc())
