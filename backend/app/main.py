@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.middleware.cors import CORSMiddleware
 
-from app.api.main import api_router
+from app.api.main import api_routers
 from app.core import ratelimit, security
 from app.core.config import settings
 from app.core.db import engine, is_unavailability
@@ -63,7 +63,8 @@ if settings.all_cors_origins:
     )
 app.add_middleware(SecurityHeadersMiddleware)
 app.add_middleware(RequestIdMiddleware)
-app.include_router(api_router, prefix=settings.API_V1_STR)
+for router in api_routers:
+    app.include_router(router, prefix=settings.API_V1_STR)
 
 
 @app.exception_handler(ratelimit.TooManyAttempts)
