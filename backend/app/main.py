@@ -18,7 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from app.api.main import api_routers
 from app.core import ratelimit, security
 from app.core.config import settings
-from app.core.db import engine, is_unavailability
+from app.core.db import DatabaseSessionMiddleware, engine, is_unavailability
 from app.core.http import SecurityHeadersMiddleware
 from app.core.logging import RequestIdMiddleware, setup_logging
 
@@ -52,6 +52,9 @@ app = FastAPI(
     generate_unique_id_function=custom_generate_unique_id,
     lifespan=lifespan,
 )
+# The last added runs first: RequestIdMiddleware wraps everything, so its id is
+# on every log line, a failed session close included.
+app.add_middleware(DatabaseSessionMiddleware)
 if settings.all_cors_origins:
     app.add_middleware(
         CORSMiddleware,
