@@ -7,6 +7,7 @@ from sqlalchemy import URL, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection
@@ -101,9 +102,45 @@ async def get_db(connection: HTTPConnection) -> AsyncSession:
     return slot.session
 
 
+_WROTE = "app.wrote"
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _note_statement(state: ORMExecuteState) -> None:
+    if not state.is_select:
+        state.session.info[_WROTE] = True
+
+
+@event.listens_for(Session, "after_flush")
+def _note_flush(session: Session, _context: Any) -> None:
+    session.info[_WROTE] = True
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_writes(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the transaction itself, not a savepoint
+        session.info.pop(_WROTE, None)
+
+
+async def end_session(session: AsyncSession) -> None:
+    """Close the request's session. A transaction that only read ends with COMMIT
+    (the same effect as ROLLBACK): psycopg forgets its prepared statements on
+    every ROLLBACK, so PostgreSQL parsed and planned every query of every request
+    anew (GET /users/me: 200 against 70 us of PostgreSQL CPU per request). Anything
+    written and not committed, flushed or not, is rolled back as before."""
+    sync = session.sync_session
+    if (
+        session.in_transaction()
+        and not sync.info.get(_WROTE)
+        and not (sync.new or sync.dirty or sync.deleted)
+    ):
+        await session.commit()
+    await session.close()
+
+
 class DatabaseSessionMiddleware:
-    """Closes the session get_db opened for the request (rolls back what was not
-    committed, returns the connection to the pool), even if the request is cancelled."""
+    """Ends the session get_db opened for the request (end_session), even if the
+    request is cancelled."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -118,4 +155,4 @@ class DatabaseSessionMiddleware:
         finally:
             if slot.session is not None:
                 with anyio.CancelScope(shield=True):
-                    await slot.session.close()
+                    await end_session(slot.session)

@@ -2,18 +2,22 @@
 DatabaseSessionMiddleware after the response, on the real test database."""
 
 import asyncio
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from fastapi import FastAPI, HTTPException
 from httpx import ASGITransport, AsyncClient
+from sqlalchemy import event, false, func, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
-from sqlmodel import select
+from sqlmodel import col, delete, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.api.deps import SessionDep
 from app.core import db as core_db
 from app.core.db import DatabaseSessionMiddleware
+from app.models import AuthAttempt
 
 
 class Boom(Exception):
@@ -41,6 +45,33 @@ def session_app() -> FastAPI:
     async def same_session(first: SessionDep, second: SessionDep) -> bool:
         return first is second
 
+    @app.get("/flush-then-404")
+    async def flush_then_404(session: SessionDep, key: str) -> None:
+        session.add(AuthAttempt(key=key))
+        await session.flush()
+        raise HTTPException(status_code=404, detail="Not here")
+
+    @app.get("/pending-then-404")
+    async def pending_then_404(session: SessionDep, key: str) -> None:
+        await session.exec(select(1))
+        session.add(AuthAttempt(key=key))
+        raise HTTPException(status_code=404, detail="Not here")
+
+    @app.get("/update-then-404")
+    async def update_then_404(session: SessionDep) -> None:
+        await session.exec(update(AuthAttempt).where(false()).values(key="x"))
+        raise HTTPException(status_code=404, detail="Not here")
+
+    @app.get("/commit-then-read")
+    async def commit_then_read(session: SessionDep, key: str) -> int:
+        session.add(AuthAttempt(key=key))
+        await session.commit()
+        return (await session.exec(select(func.count()).select_from(AuthAttempt))).one()
+
+    @app.get("/failed-select")
+    async def failed_select(session: SessionDep) -> None:
+        await session.exec(text("SELECT * FROM no_such_table"))  # type: ignore[call-overload]
+
     @app.get("/no-session")
     async def no_session() -> bool:
         return True
@@ -63,8 +94,9 @@ def opened(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> list[AsyncSe
 
 
 @pytest.fixture
-async def session_client() -> AsyncIterator[AsyncClient]:
-    """A client on session_app with the middleware (use with `opened`)."""
+async def session_client(opened: list[AsyncSession]) -> AsyncIterator[AsyncClient]:
+    """A client on session_app with the middleware, get_db on the test database."""
+    assert opened == []
     app = session_app()
     app.add_middleware(DatabaseSessionMiddleware)
     transport = ASGITransport(app=app, raise_app_exceptions=False)
@@ -163,3 +195,83 @@ async def test_get_db_without_the_middleware_fails_loudly(
         with pytest.raises(RuntimeError, match="DatabaseSessionMiddleware"):
             await ac.get("/query")
     assert opened == []
+
+
+@pytest.fixture
+def transaction_ends(engine: AsyncEngine) -> Iterator[list[str]]:
+    """How each transaction on the test engine ended: "commit" or "rollback"."""
+    ends: list[str] = []
+
+    def on_commit(_connection: Any) -> None:
+        ends.append("commit")
+
+    def on_rollback(_connection: Any) -> None:
+        ends.append("rollback")
+
+    event.listen(engine.sync_engine, "commit", on_commit)
+    event.listen(engine.sync_engine, "rollback", on_rollback)
+    yield ends
+    event.remove(engine.sync_engine, "commit", on_commit)
+    event.remove(engine.sync_engine, "rollback", on_rollback)
+
+
+async def attempts(engine: AsyncEngine, key: str) -> int:
+    async with engine.connect() as connection:
+        statement = select(func.count()).where(col(AuthAttempt.key) == key)
+        return int((await connection.execute(statement)).scalar_one())
+
+
+async def test_read_only_request_ends_with_commit(
+    session_client: AsyncClient, transaction_ends: list[str]
+) -> None:
+    """psycopg keeps its prepared statements through a COMMIT, not a ROLLBACK."""
+    assert (await session_client.get("/query")).status_code == 200
+    assert (await session_client.get("/query-then-404")).status_code == 404
+    assert transaction_ends == ["commit", "commit"]
+
+
+@pytest.mark.parametrize("path", ["/flush-then-404", "/pending-then-404"])
+async def test_uncommitted_writes_are_rolled_back(
+    session_client: AsyncClient,
+    transaction_ends: list[str],
+    engine: AsyncEngine,
+    path: str,
+) -> None:
+    key = f"{uuid.uuid4()}@example.com"
+    assert (await session_client.get(path, params={"key": key})).status_code == 404
+    assert transaction_ends == ["rollback"]
+    assert await attempts(engine, key) == 0
+
+
+async def test_uncommitted_statement_is_rolled_back(
+    session_client: AsyncClient, transaction_ends: list[str]
+) -> None:
+    assert (await session_client.get("/update-then-404")).status_code == 404
+    assert transaction_ends == ["rollback"]
+
+
+async def test_reads_after_a_commit_end_with_commit(
+    session_client: AsyncClient,
+    transaction_ends: list[str],
+    engine: AsyncEngine,
+) -> None:
+    key = f"{uuid.uuid4()}@example.com"
+    try:
+        response = await session_client.get("/commit-then-read", params={"key": key})
+        assert response.status_code == 200
+        assert transaction_ends == ["commit", "commit"]
+        assert await attempts(engine, key) == 1
+    finally:
+        async with engine.begin() as connection:
+            await connection.execute(
+                delete(AuthAttempt).where(col(AuthAttempt.key) == key)
+            )
+
+
+async def test_failed_statement_leaves_a_clean_connection(
+    session_client: AsyncClient, engine: AsyncEngine
+) -> None:
+    checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
+    assert (await session_client.get("/failed-select")).status_code == 500
+    assert (await session_client.get("/query")).json() == 1
+    assert engine.pool.checkedout() == checked_out  # type: ignore[attr-defined]
