@@ -6,7 +6,8 @@ from app.core.config import settings
 # Included one by one under API_V1_STR (app/main.py), busiest first, rather than
 # through one parent router: FastAPI tries each route of a nesting level in turn,
 # and again at every level below, so nesting and order cost every request
-# (benchmark: about 50 us of GET /users/me's 720, 100 us of the item list's 1,350).
+# (in-process CPU per request: GET /users/me 731 -> 687 us, the item list
+# 1,236 -> 1,161 us).
 # The prefixes do not overlap, so the order changes no match.
 api_routers: list[APIRouter] = [
     users.router,
