@@ -277,6 +277,18 @@ class TestLogging:
         assert "text line" in line
         assert "WARN" in line
 
+    @pytest.mark.parametrize("name", ["uvicorn.access", "uvicorn.error"])
+    def test_setup_logging_level_governs_server_loggers(
+        self, restore_logging: None, name: str
+    ) -> None:
+        server_logger = logging.getLogger(name)
+        server_logger.setLevel(logging.INFO)  # what gunicorn's uvicorn worker does
+
+        setup_logging(json_lines=True, level="WARNING")
+
+        assert not server_logger.isEnabledFor(logging.INFO)
+        assert server_logger.isEnabledFor(logging.WARNING)
+
     def test_setup_logging_json_lines(self, restore_logging: None) -> None:
         setup_logging(json_lines=True, level="WARNING")
         root = logging.getLogger()

@@ -58,8 +58,11 @@ def setup_logging(*, json_lines: bool, level: str = "INFO") -> None:
                 }
             },
             "root": {"handlers": ["default"], "level": level},
+            # The servers' loggers write through the root handler at the root's
+            # level: gunicorn's uvicorn worker gives them their own INFO level,
+            # which let access lines through under LOG_LEVEL=WARNING.
             "loggers": {
-                name: {"handlers": [], "propagate": True}
+                name: {"handlers": [], "propagate": True, "level": "NOTSET"}
                 for name in (
                     "uvicorn",
                     "uvicorn.error",
