@@ -90,11 +90,11 @@ class _SessionSlot:
     session: AsyncSession | None = None
 
 
-async def get_db(connection: HTTPConnection) -> AsyncSession:
+async def get_db(request: HTTPConnection) -> AsyncSession:
     """The request's session, opened on first use; DatabaseSessionMiddleware closes
     it after the response. A `yield` dependency would do the same, but FastAPI's
     machinery around one cost ~40 us per request (benchmark)."""
-    slot: _SessionSlot | None = connection.scope.get(_SESSION_KEY)
+    slot: _SessionSlot | None = request.scope.get(_SESSION_KEY)
     if slot is None:
         raise RuntimeError("get_db needs DatabaseSessionMiddleware on the app")
     if slot.session is None:
