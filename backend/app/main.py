@@ -19,7 +19,7 @@ from app.api.main import api_routers
 from app.core import ratelimit, security
 from app.core.config import settings
 from app.core.db import DatabaseSessionMiddleware, engine, is_unavailability
-from app.core.http import SecurityHeadersMiddleware
+from app.core.http import BodyLimitMiddleware, SecurityHeadersMiddleware
 from app.core.logging import RequestIdMiddleware, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ if settings.all_cors_origins:
         allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         expose_headers=["X-Request-ID"],
     )
+app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES)
 app.add_middleware(SecurityHeadersMiddleware)
 app.add_middleware(RequestIdMiddleware)
 for router in api_routers:

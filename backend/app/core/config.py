@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     ] = []
     LOG_LEVEL: str = "INFO"
     MAX_PAGE_SIZE: int = Field(default=100, ge=1)
+    # Largest request body (bytes): above it, 413 before the body is read whole.
+    MAX_REQUEST_BODY_BYTES: int = Field(default=1024 * 1024, ge=0)
     # Swagger UI, ReDoc and the OpenAPI document; unset: on, except in production.
     DOCS_ENABLED: bool | None = None
     SENTRY_DSN: HttpUrl | None = None

@@ -1,4 +1,6 @@
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.config import settings
@@ -33,3 +35,49 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class BodyLimitMiddleware:
+    """413 for a request body over `max_bytes`, before it is read: at once when
+    Content-Length says so, else (a chunked upload) as soon as the bytes received
+    pass the limit. A body with a Content-Length within the limit is left alone:
+    the server delivers exactly that many bytes."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.detail = f"Request body too large: the limit is {max_bytes} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length: bytes | None = None
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        if length is not None and int(length) > self.max_bytes:
+            response = JSONResponse({"detail": self.detail}, status_code=413)
+            await response(scope, receive, send)
+            return
+        if length is not None or not chunked:
+            await self.app(scope, receive, send)
+            return
+
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # Raised where the route reads its body: the app's usual
+                    # HTTPException answer, with its headers.
+                    raise HTTPException(status_code=413, detail=self.detail)
+            return message
+
+        await self.app(scope, receive_within_limit, send)

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -190,24 +191,129 @@ def test_backend_trusts_forwarded_headers_from_the_proxy_only(stack: Stack) -> N
 
 
 def test_request_body_limit(stack: Stack, proxy: httpx.Client) -> None:
-    def signup(client: httpx.Client, size: int) -> httpx.Response:
+    """The app's limit (MAX_REQUEST_BODY_BYTES), the same through the proxy, which
+    streams bodies on, and directly; a chunked upload is cut off at the limit."""
+    too_large = {"detail": f"Request body too large: the limit is {MAX_BODY} bytes"}
+
+    def signup(
+        client: httpx.Client, size: int, *, chunked: bool = False
+    ) -> httpx.Response:
         body = json.dumps(
             {"email": "big@example.com", "password": "big-password", "full_name": ""}
         )
-        padded = body[:-2] + "x" * (size - len(body)) + '"}'
+        padded = (body[:-2] + "x" * (size - len(body)) + '"}').encode()
         assert len(padded) == size
+        content = iter([padded[i : i + 65536] for i in range(0, size, 65536)])
         return client.post(
             "/api/v1/users/signup",
-            content=padded,
+            content=content if chunked else padded,
             headers={"Content-Type": "application/json"},
         )
 
-    too_big = signup(proxy, MAX_BODY + 1)
-    assert too_big.status_code == 413
-    # Just under the limit: it reaches the app (too long a name: 422).
-    assert signup(proxy, MAX_BODY).status_code == 422
     with httpx.Client(base_url=stack.backend_url(1), timeout=10) as direct:
-        assert signup(direct, MAX_BODY + 1).status_code == 422
+        for client in (proxy, direct):
+            too_big = signup(client, MAX_BODY + 1)
+            assert too_big.status_code == 413
+            assert too_big.json() == too_large
+            assert signup(client, MAX_BODY + 1, chunked=True).json() == too_large
+            # At the limit: it reaches the route (too long a name: 422).
+            assert signup(client, MAX_BODY).status_code == 422
+
+
+STREAMING_APP = """
+import asyncio
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    start = {"type": "http.response.start", "status": 200}
+    await send({**start, "headers": [(b"content-type", b"text/event-stream")]})
+    if scope["path"] == "/api/events":
+        for event in (b"first", b"second"):
+            body = b"data: " + event + b"\\n\\n"
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            await asyncio.sleep(3)
+    await send({"type": "http.response.body", "body": b""})
+"""
+
+
+def test_streamed_responses_are_not_held_by_the_proxy(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Server-sent events through the repo's routing files: each event reaches the
+    client when the backend sends it, not when the response ends."""
+    (tmp_path / "streaming_app.py").write_text(STREAMING_APP)
+    backend_port, web, adminer, dashboard = (free_port() for _ in range(4))
+    flags = [
+        "--log.level=INFO",
+        *(
+            f"--entryPoints.{name}.address=127.0.0.1:{port}"
+            for name, port in (
+                ("web", web),
+                ("adminer", adminer),
+                ("dashboard", dashboard),
+            )
+        ),
+        "--api.dashboard=true",
+        f"--providers.file.directory={REPO_DIR / 'traefik' / 'dynamic'}",
+    ]
+    env = {
+        **os.environ,
+        "DOMAIN": DOMAIN,
+        "BACKEND_SERVERS": f"http://127.0.0.1:{backend_port}",
+        "BACKEND_HEALTHCHECK_INTERVAL": "1s",
+    }
+    bin_dir = Path(stack.env["STACK_VENV"]) / "bin"
+    log = (tmp_path / "processes.log").open("w")
+    processes = [
+        subprocess.Popen(
+            [
+                str(bin_dir / "uvicorn"),
+                "streaming_app:app",
+                "--port",
+                str(backend_port),
+            ],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        ),
+        subprocess.Popen(
+            [str(bin_dir / "traefik"), *flags],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        ),
+    ]
+    try:
+        with httpx.Client(base_url=f"http://{DOMAIN}:{web}", timeout=10) as client:
+
+            def routed() -> bool:
+                try:
+                    return client.get(HEALTH).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_until(routed, timeout=20, what="Traefik in front of the streaming app")
+            started = time.monotonic()
+            arrivals = []
+            with client.stream("GET", "/api/events") as response:
+                assert response.status_code == 200
+                for chunk in response.iter_text():
+                    arrivals.append((time.monotonic() - started, chunk))
+        assert "".join(chunk for _, chunk in arrivals) == (
+            "data: first\n\ndata: second\n\n"
+        )
+        # The backend sends the first event at once and the second 3 s later.
+        first_seconds, first_chunk = arrivals[0]
+        assert first_chunk == "data: first\n\n"
+        assert first_seconds < 1.5
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=15)
+        log.close()
 
 
 def test_adminer_logs_into_the_database_and_lists_the_tables(stack: Stack) -> None:
