@@ -72,6 +72,14 @@ def session_app() -> FastAPI:
     async def failed_select(session: SessionDep) -> None:
         await session.exec(text("SELECT * FROM no_such_table"))  # type: ignore[call-overload]
 
+    @app.get("/query-commit-fails")
+    async def query_commit_fails(session: SessionDep) -> int:
+        def refuse(_session: Any) -> None:
+            raise Boom
+
+        event.listen(session.sync_session, "before_commit", refuse)
+        return (await session.exec(select(1))).one()
+
     @app.get("/no-session")
     async def no_session() -> bool:
         return True
@@ -274,4 +282,16 @@ async def test_failed_statement_leaves_a_clean_connection(
     checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
     assert (await session_client.get("/failed-select")).status_code == 500
     assert (await session_client.get("/query")).json() == 1
+    assert engine.pool.checkedout() == checked_out  # type: ignore[attr-defined]
+
+
+async def test_failed_commit_still_returns_the_connection(
+    session_client: AsyncClient, opened: list[AsyncSession], engine: AsyncEngine
+) -> None:
+    checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
+
+    # The answer was sent before the COMMIT failed (the error goes to the server).
+    assert (await session_client.get("/query-commit-fails")).json() == 1
+
+    assert not opened[0].in_transaction()
     assert engine.pool.checkedout() == checked_out  # type: ignore[attr-defined]
