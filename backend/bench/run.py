@@ -588,6 +588,21 @@ def ratio(value: float, reference: float) -> float:
     return value / reference if reference else math.nan
 
 
+def proxy_cpu(res: Results) -> str:
+    """CPU per request of Traefik, and of the workers with and without it."""
+
+    def us(name: str, group: str) -> float:
+        cpu = res.cpu_s.get(name, {})
+        requests = res.scenarios[name].requests
+        return cpu.get(group, math.nan) * 1e6 / requests if requests else math.nan
+
+    proxied = "GET /users/me through Traefik"
+    return (
+        f"CPU per request: Traefik {us(proxied, 'traefik'):,.0f} us, the workers"
+        f" {us(proxied, 'app'):,.0f} us behind it and {us(BESIDE_TRAEFIK, 'app'):,.0f} us without"
+    )
+
+
 def checks(bench: Bench) -> list[Check]:
     args, res = bench.args, bench.results
     s = res.scenarios
@@ -625,7 +640,8 @@ def checks(bench: Bench) -> list[Check]:
             "/users/me through Traefik >= 85% of direct",
             proxied.rps >= 0.85 * direct.rps,
             f"{proxied.rps:,.0f} vs {direct.rps:,.0f} req/s = {ratio(proxied.rps, direct.rps):.0%}"
-            f" (Traefik, wrk, PostgreSQL and the workers share {os.cpu_count()} CPUs)",
+            f" (Traefik, wrk, PostgreSQL and the workers share {os.cpu_count()} CPUs;"
+            f" {proxy_cpu(res)})",
         ),
     ]
     with_errors = {name: load.errors for name, load in s.items() if load.errors}
