@@ -55,6 +55,8 @@ app = FastAPI(
 # The last added runs first: RequestIdMiddleware wraps everything, so its id is
 # on every log line, a failed session close included.
 app.add_middleware(DatabaseSessionMiddleware)
+# Inside CORS, so that a browser can read the 413.
+app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES)
 if settings.all_cors_origins:
     app.add_middleware(
         CORSMiddleware,
@@ -64,7 +66,6 @@ if settings.all_cors_origins:
         allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         expose_headers=["X-Request-ID"],
     )
-app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES)
 app.add_middleware(SecurityHeadersMiddleware)
 app.add_middleware(RequestIdMiddleware)
 for router in api_routers:

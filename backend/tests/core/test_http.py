@@ -43,13 +43,19 @@ async def test_body_over_the_declared_limit_is_413_with_the_apps_headers(
     response = await client.post(
         f"{API}/users/signup",
         content=signup_body(LIMIT + 1),
-        headers={"Content-Type": "application/json", "X-Request-ID": "too-big"},
+        headers={
+            "Content-Type": "application/json",
+            "X-Request-ID": "too-big",
+            "Origin": settings.FRONTEND_HOST,
+        },
     )
 
     assert response.status_code == 413
     assert response.json() == {"detail": DETAIL}
     assert response.headers["x-request-id"] == "too-big"
     assert response.headers["x-content-type-options"] == "nosniff"
+    # A browser frontend can read it.
+    assert response.headers["access-control-allow-origin"] == settings.FRONTEND_HOST
     assert await users(db) == before
 
 
