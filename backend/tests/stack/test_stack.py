@@ -34,6 +34,18 @@ def login(client: httpx.Client) -> dict[str, str]:
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
+def wait_healthy(client: httpx.Client, *, timeout: float, what: str) -> None:
+    """Until the API's health check answers 200 through `client`."""
+
+    def healthy() -> bool:
+        try:
+            return client.get(HEALTH).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(healthy, timeout=timeout, what=what)
+
+
 def log_line(
     stack: Stack,
     request_id: str,
@@ -288,14 +300,9 @@ def test_streamed_responses_are_not_held_by_the_proxy(
     ]
     try:
         with httpx.Client(base_url=f"http://{DOMAIN}:{web}", timeout=10) as client:
-
-            def routed() -> bool:
-                try:
-                    return client.get(HEALTH).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_until(routed, timeout=20, what="Traefik in front of the streaming app")
+            wait_healthy(
+                client, timeout=20, what="Traefik in front of the streaming app"
+            )
             started = time.monotonic()
             arrivals = []
             with client.stream("GET", "/api/events") as response:
@@ -444,14 +451,7 @@ def production_proxy(stack: Stack, tmp_path: Path) -> Iterator[dict[str, Any]]:
 def test_production_routing_over_https(production_proxy: dict[str, Any]) -> None:
     https = httpx.Client(base_url=production_proxy["https"], verify=False, timeout=10)
     with https:
-
-        def healthy() -> bool:
-            try:
-                return https.get(HEALTH).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(healthy, timeout=15, what="Traefik over HTTPS")
+        wait_healthy(https, timeout=15, what="Traefik over HTTPS")
 
         redirect = httpx.get(f"{production_proxy['http']}{HEALTH}?x=1")
         assert redirect.status_code in (301, 308)
