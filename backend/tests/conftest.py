@@ -1,6 +1,7 @@
 """Fixtures: a fresh test database (never the app's own), migrated by Alembic;
 each test runs in a transaction rolled back at its end."""
 
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,6 +22,13 @@ from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import delete
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+# The Supabase routes are mounted only when Supabase is configured: the suite
+# runs with a secret of its own (tests point it elsewhere where they need to),
+# and tests of the unconfigured app start one without it.
+os.environ.setdefault(
+    "SUPABASE_JWT_SECRET", "tests-supabase-jwt-secret-0123456789abcdef"
+)
 
 from app import crud
 from app.core import security

@@ -14,7 +14,8 @@ api_routers: list[APIRouter] = [
     items.router,
     login.router,
     utils.router,
-    auth.router,
 ]
+if settings.supabase_enabled:
+    api_routers.append(auth.router)
 if settings.ENVIRONMENT == "local":
     api_routers.append(private.router)

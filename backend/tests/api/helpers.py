@@ -1,8 +1,17 @@
 """HTTP helpers shared by the route tests."""
 
-from httpx import AsyncClient, Response
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from app.core.config import settings
+from httpx import ASGITransport, AsyncClient, Response
+
+from app.core.config import BACKEND_DIR, settings
+from app.main import app
 
 API = settings.API_V1_STR
 
@@ -15,6 +24,15 @@ async def login(
         data={"username": email, "password": password},
         headers={"User-Agent": user_agent},
     )
+
+
+@asynccontextmanager
+async def client_from(address: str) -> AsyncIterator[AsyncClient]:
+    """Another client of the app, from the client IP `address` (with the session
+    override of the test's own `client`, which comes from 127.0.0.1)."""
+    transport = ASGITransport(app=app, client=(address, 40000))
+    async with AsyncClient(transport=transport, base_url="http://test") as other:
+        yield other
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -36,3 +54,39 @@ def assert_unauthorized(response: Response) -> None:
     detail = response.json()["detail"]
     assert isinstance(detail, str) and detail
     assert response.headers["www-authenticate"] == "Bearer"
+
+
+# Run in a fresh interpreter: routers are mounted (or not) when the app is imported.
+ROUTE_PROBE = """
+import json, sys
+from fastapi.testclient import TestClient
+from app.main import app
+method, path = sys.argv[1:]
+status = TestClient(app).request(method, path, json={}).status_code
+print(json.dumps({"documented": path in app.openapi()["paths"], "status": status}))
+"""
+
+
+def probe_route(method: str, path: str, **environment: str) -> dict[str, object]:
+    """Import the app with `environment` on top of this one's: is the route
+    documented, and what does an anonymous request with an empty body get?"""
+    env = {
+        **os.environ,
+        "SECRET_KEY": secrets.token_urlsafe(30)[:40],
+        "FIRST_SUPERUSER_PASSWORD": secrets.token_urlsafe(16),
+        "POSTGRES_PASSWORD": secrets.token_urlsafe(16),
+        "SENTRY_DSN": "",
+        **environment,
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", ROUTE_PROBE, method, path],
+        cwd=BACKEND_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    probe: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
+    return probe

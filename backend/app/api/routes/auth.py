@@ -1,30 +1,18 @@
 from datetime import timedelta
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 
 from app import crud
 from app.api.deps import CurrentUser, IssueTokens, SessionDep
 from app.api.responses import AUTHENTICATED, DATABASE_UNAVAILABLE, document
 from app.core import supabase
-from app.core.config import settings
 from app.models import AuthMe, AuthUser, SupabaseExchange, utcnow
 
-NOT_CONFIGURED = "Supabase authentication is not configured"
 MISSING_TOKEN = "Missing Supabase token"
 
-
-async def require_supabase() -> None:
-    if not settings.supabase_enabled:
-        raise HTTPException(
-            status_code=status.HTTP_501_NOT_IMPLEMENTED, detail=NOT_CONFIGURED
-        )
-
-
-# Checked before the routes' own dependencies: unconfigured is 501 even without a token.
-router = APIRouter(
-    prefix="/auth", tags=["auth"], dependencies=[Depends(require_supabase)]
-)
+# Included only when Supabase is configured (app/api/main.py).
+router = APIRouter(prefix="/auth", tags=["auth"])
 
 
 def _example(body: dict[str, Any]) -> dict[str, Any]:
@@ -34,10 +22,6 @@ def _example(body: dict[str, Any]) -> dict[str, Any]:
 USER_EXAMPLE = {
     "id": "4f8a3c2e-6b1d-4e7a-9c55-2d7f0e9b1a63",
     "email": "ada@example.com",
-}
-NOT_CONFIGURED_RESPONSE = {
-    "description": NOT_CONFIGURED,
-    **_example({"detail": NOT_CONFIGURED}),
 }
 
 
@@ -62,7 +46,6 @@ NOT_CONFIGURED_RESPONSE = {
             "Supabase token carries no valid email; Anonymous Supabase users cannot sign in",
             **_example({"detail": supabase.INVALID_TOKEN}),
         },
-        501: NOT_CONFIGURED_RESPONSE,
         503: {
             "description": f"{supabase.UNAVAILABLE}; {DATABASE_UNAVAILABLE.detail}",
             **_example({"detail": supabase.UNAVAILABLE}),
@@ -108,7 +91,6 @@ async def verify_supabase_token(
     responses={
         200: _example({"user": USER_EXAMPLE}),
         **document(AUTHENTICATED),
-        501: NOT_CONFIGURED_RESPONSE,
     },
 )
 async def read_me(current_user: CurrentUser) -> AuthMe:

@@ -1,57 +1,16 @@
-import json
-import os
-import secrets
-import subprocess
-import sys
 import uuid
 
 import pytest
 from httpx import AsyncClient
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.core.config import BACKEND_DIR, settings
+from app.core.config import settings
 from app.core.security import password_hash
 from app.models import User
 from tests import factories
+from tests.api.helpers import probe_route
 
 PRIVATE_USERS = f"{settings.API_V1_STR}/private/users/"
-
-# Run in a fresh interpreter: the router is mounted (or not) when app.api.main is imported.
-PRIVATE_ROUTES_PROBE = """
-import json
-from fastapi.testclient import TestClient
-from app.main import app
-paths = app.openapi()["paths"]
-status = TestClient(app).post("/api/v1/private/users/", json={}).status_code
-print(json.dumps({
-    "documented": any(path.startswith("/api/v1/private") for path in paths),
-    "status": status,
-}))
-"""
-
-
-def probe_private_routes(environment: str) -> dict[str, object]:
-    """Import the app with ENVIRONMENT set: are the private routes documented, and routed?"""
-    env = {
-        **os.environ,
-        "ENVIRONMENT": environment,
-        "SECRET_KEY": secrets.token_urlsafe(30)[:40],
-        "FIRST_SUPERUSER_PASSWORD": secrets.token_urlsafe(16),
-        "POSTGRES_PASSWORD": secrets.token_urlsafe(16),
-        "SENTRY_DSN": "",
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", PRIVATE_ROUTES_PROBE],
-        cwd=BACKEND_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    probe: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
-    return probe
 
 
 class TestCreateUser:
@@ -154,11 +113,10 @@ class TestCreateUser:
 
 class TestPrivateRouterMounting:
     def test_private_router_absent_outside_local(self) -> None:
-        assert probe_private_routes("production") == {
-            "documented": False,
-            "status": 404,
-        }
+        probe = probe_route("POST", PRIVATE_USERS, ENVIRONMENT="production")
+        assert probe == {"documented": False, "status": 404}
 
     def test_private_router_present_in_local(self) -> None:
         # 422: the route exists and validated the empty body.
-        assert probe_private_routes("local") == {"documented": True, "status": 422}
+        probe = probe_route("POST", PRIVATE_USERS, ENVIRONMENT="local")
+        assert probe == {"documented": True, "status": 422}
