@@ -5,16 +5,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.config import settings
 
+# The one place the API's security headers are set: Traefik sets none on its
+# router (traefik/dynamic/middlewares.yml), so they hold without the proxy too.
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
+# Over HTTPS only (behind the proxy: X-Forwarded-Proto from a trusted address).
+HSTS = "max-age=31536000; includeSubDomains"
 
 
 class SecurityHeadersMiddleware:
-    """Safe headers on every response, so they hold without the proxy too; API
-    answers (user data, tokens) are never stored by caches."""
+    """Safe headers on every response; API answers (user data, tokens) are never
+    stored by caches."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -24,12 +28,15 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
         is_api = scope["path"].startswith(settings.API_V1_STR)
+        is_https = scope.get("scheme") == "https"
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
                     headers.setdefault(name, value)
+                if is_https:
+                    headers.setdefault("Strict-Transport-Security", HSTS)
                 if is_api:
                     headers.setdefault("Cache-Control", "no-store")
             await send(message)
