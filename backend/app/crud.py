@@ -241,6 +241,22 @@ async def create_session(
     return user_session, token
 
 
+async def has_signed_in_from(
+    *, session: AsyncSession, email: str, client_address: str
+) -> bool:
+    """Whether the account `email` has ever had a session opened from `client_address`."""
+    statement = (
+        select(UserSession.id)
+        .join(User, col(UserSession.user_id) == col(User.id))
+        .where(
+            func.lower(User.email) == email.lower(),
+            col(UserSession.client_address) == client_address[:64],
+        )
+        .limit(1)
+    )
+    return (await session.exec(statement)).first() is not None
+
+
 def _session_expiry(created_at: datetime, used_at: datetime) -> datetime:
     """Idle expiry, REFRESH_TOKEN_EXPIRE_DAYS after the last use, capped by the
     absolute SESSION_MAX_AGE_DAYS."""

@@ -127,6 +127,21 @@ def password_changed_email(to: str) -> Email:
     )
 
 
+def login_attempts_email(to: str) -> Email:
+    """The owner's warning while logins to their account are being refused."""
+    minutes = settings.LOGIN_FAILURE_WINDOW_SECONDS // 60
+    return render_email(
+        to=to,
+        subject=f"{settings.PROJECT_NAME} - Failed sign-in attempts on your account",
+        template="login_attempts",
+        context={
+            "email": to,
+            "link": _frontend_link("recover-password"),
+            "window": "1 minute" if minutes <= 1 else f"{minutes} minutes",
+        },
+    )
+
+
 def email_changed_email(to: str, new_email: str) -> Email:
     """The notice sent to the old address `to`; the account now uses `new_email`."""
     return render_email(

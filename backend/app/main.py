@@ -81,6 +81,7 @@ async def too_many_attempts(_request: Request, exc: Exception) -> JSONResponse:
             "detail": f"Too many attempts: try again in {exc.retry_after} seconds"
         },
         headers={"Retry-After": str(exc.retry_after)},
+        background=exc.background,
     )
 
 

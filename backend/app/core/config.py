@@ -71,14 +71,27 @@ class Settings(BaseSettings):
     EMAIL_VERIFY_TOKEN_EXPIRE_HOURS: int = Field(default=48, ge=1)
 
     # Rate limits (sliding windows), shared by all workers and replicas: kept in
-    # PostgreSQL (or the SQLite file), or in Redis when REDIS_URL is set.
+    # PostgreSQL (or the SQLite file), or in Redis when REDIS_URL is set. Client
+    # limits are per IP address: sized so that an office or a school behind one
+    # NAT address gets through its launch day (README, "Rate limits").
     REDIS_URL: str | None = None
+    # Failed logins for one account from one client address (then that address
+    # waits, not the account's owner), from all addresses together (then only
+    # addresses that signed in to the account before get through), and from one
+    # address across all accounts.
     LOGIN_MAX_FAILURES_PER_ACCOUNT: int = Field(default=10, ge=1)
+    LOGIN_MAX_FAILURES_PER_ACCOUNT_ALL_ADDRESSES: int = Field(default=100, ge=1)
     LOGIN_MAX_FAILURES_PER_ADDRESS: int = Field(default=100, ge=1)
     LOGIN_FAILURE_WINDOW_SECONDS: int = Field(default=15 * 60, ge=1)
-    # Password recovery and verification emails, per target address and per client.
-    EMAIL_REQUESTS_PER_ADDRESS: int = Field(default=3, ge=1)
-    EMAIL_REQUESTS_PER_CLIENT: int = Field(default=20, ge=1)
+    # Sign-ups per client address (they send no email twice to one address).
+    SIGNUPS_PER_CLIENT: int = Field(default=40, ge=1)
+    SIGNUP_WINDOW_SECONDS: int = Field(default=60, ge=1)
+    # Emails on request (recovery, verification, email change): one of a kind per
+    # address per cooldown; per address, per address from one client, per client.
+    EMAIL_COOLDOWN_SECONDS: int = Field(default=60, ge=1)
+    EMAIL_REQUESTS_PER_ADDRESS: int = Field(default=10, ge=1)
+    EMAIL_REQUESTS_PER_ADDRESS_AND_CLIENT: int = Field(default=3, ge=1)
+    EMAIL_REQUESTS_PER_CLIENT: int = Field(default=100, ge=1)
     EMAIL_REQUEST_WINDOW_SECONDS: int = Field(default=60 * 60, ge=1)
 
     # Supabase token exchange: off unless SUPABASE_URL (JWKS) or

@@ -22,6 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import ColumnElement
 from sqlmodel import col, delete, func, insert, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from starlette.background import BackgroundTask
 
 from app.core.config import settings
 from app.models import AuthAttempt, utcnow
@@ -40,9 +41,13 @@ class Rule:
 
 
 class TooManyAttempts(Exception):
-    def __init__(self, retry_after: int) -> None:
+    def __init__(self, rule: Rule, retry_after: int) -> None:
         super().__init__(f"Too many attempts; retry after {retry_after} seconds")
+        self.rule = rule
         self.retry_after = retry_after
+        # Run after the 429 is sent (a route's BackgroundTasks are dropped with
+        # its exception): e.g. warning an account's owner.
+        self.background: BackgroundTask | None = None
 
 
 class RateLimiter(Protocol):
@@ -65,9 +70,10 @@ class Counted:
     event_id: str
 
 
-async def attempt_all(
-    limiter: RateLimiter, limits: Iterable[tuple[Rule, str]]
-) -> list[Counted]:
+Limit = tuple[Rule, str]  # a rule and the key it counts under
+
+
+async def attempt_all(limiter: RateLimiter, limits: Iterable[Limit]) -> list[Counted]:
     """Count one attempt under every (rule, key), or under none of them when one
     refuses it (TooManyAttempts)."""
     counted: list[Counted] = []
@@ -75,28 +81,67 @@ async def attempt_all(
         for rule, key in limits:
             counted.append(Counted(rule, key, await limiter.attempt(rule, key)))
     except TooManyAttempts:
-        for event in counted:
-            await limiter.forgive(event.rule, event.key, event.event_id)
+        await forgive_all(limiter, counted)
         raise
     return counted
 
 
-def login_rules() -> tuple[Rule, Rule]:
-    """Failed logins: (per account, per client address)."""
+async def forgive_all(limiter: RateLimiter, counted: Iterable[Counted]) -> None:
+    for event in counted:
+        await limiter.forgive(event.rule, event.key, event.event_id)
+
+
+# The rules, read from the settings when they are applied. Keys are lower-cased
+# email addresses and client IP addresses.
+
+
+def login_limits(account: str, client: str) -> tuple[Limit, Limit, Limit]:
+    """Failed password checks for `account` from `client`: (per account and
+    client, per account, per client)."""
     window = settings.LOGIN_FAILURE_WINDOW_SECONDS
+    per_account = settings.LOGIN_MAX_FAILURES_PER_ACCOUNT_ALL_ADDRESSES
     return (
-        Rule("login:account", settings.LOGIN_MAX_FAILURES_PER_ACCOUNT, window),
-        Rule("login:client", settings.LOGIN_MAX_FAILURES_PER_ADDRESS, window),
+        (
+            Rule(
+                "login:account-client", settings.LOGIN_MAX_FAILURES_PER_ACCOUNT, window
+            ),
+            f"{account}|{client}",
+        ),
+        (Rule("login:account", per_account, window), account),
+        (Rule("login:client", settings.LOGIN_MAX_FAILURES_PER_ADDRESS, window), client),
     )
 
 
-def email_request_rules() -> tuple[Rule, Rule]:
-    """Requests that send an email: (per target email address, per client address)."""
+def login_alert_rule() -> Rule:
+    """One email to an account's owner per window while logins to it are refused."""
+    return Rule("login:alert", 1, settings.LOGIN_FAILURE_WINDOW_SECONDS)
+
+
+def signup_limit(client: str) -> Limit:
+    return Rule(
+        "signup:client", settings.SIGNUPS_PER_CLIENT, settings.SIGNUP_WINDOW_SECONDS
+    ), client
+
+
+def email_request_limits(purpose: str, recipient: str, client: str) -> list[Limit]:
+    """An email of kind `purpose` to `recipient`, asked for by `client`."""
     window = settings.EMAIL_REQUEST_WINDOW_SECONDS
-    return (
-        Rule("email:recipient", settings.EMAIL_REQUESTS_PER_ADDRESS, window),
-        Rule("email:client", settings.EMAIL_REQUESTS_PER_CLIENT, window),
-    )
+    per_address_and_client = settings.EMAIL_REQUESTS_PER_ADDRESS_AND_CLIENT
+    return [
+        (
+            Rule("email:cooldown", 1, settings.EMAIL_COOLDOWN_SECONDS),
+            f"{purpose}:{recipient}",
+        ),
+        (
+            Rule("email:recipient-client", per_address_and_client, window),
+            f"{recipient}|{client}",
+        ),
+        (
+            Rule("email:recipient", settings.EMAIL_REQUESTS_PER_ADDRESS, window),
+            recipient,
+        ),
+        (Rule("email:client", settings.EMAIL_REQUESTS_PER_CLIENT, window), client),
+    ]
 
 
 def storage_key(rule: Rule, key: str) -> str:
@@ -146,7 +191,7 @@ class DatabaseRateLimiter:
         if blocking is not None:
             await self.session.commit()  # ends the transaction, and the lock
             wait = blocking + _window(rule) - now
-            raise TooManyAttempts(_retry_after(wait.total_seconds(), rule))
+            raise TooManyAttempts(rule, _retry_after(wait.total_seconds(), rule))
         await self._prune(rule, name, now)
         inserted = await self.session.exec(
             insert(AuthAttempt)
@@ -173,6 +218,8 @@ class DatabaseRateLimiter:
             rule.window_seconds,
             settings.LOGIN_FAILURE_WINDOW_SECONDS,
             settings.EMAIL_REQUEST_WINDOW_SECONDS,
+            settings.EMAIL_COOLDOWN_SECONDS,
+            settings.SIGNUP_WINDOW_SECONDS,
         )
         expired = (
             select(AuthAttempt.id)
@@ -254,7 +301,7 @@ class RedisRateLimiter:
             return event_id
         if blocking is not None:
             wait = float(blocking) + rule.window_seconds - now
-            raise TooManyAttempts(_retry_after(wait, rule))
+            raise TooManyAttempts(rule, _retry_after(wait, rule))
         return event_id
 
     async def forgive(self, rule: Rule, key: str, event_id: str) -> None:

@@ -1,3 +1,4 @@
+import uuid
 from typing import Annotated
 
 from fastapi import (
@@ -176,13 +177,17 @@ async def recover_password(
     email_requests: EmailRequestsDep,
 ) -> Message:
     """Send a password recovery email; the answer is the same for unknown emails."""
-    await email_requests.count(email)
+    await email_requests.count("recovery", email)
     user = await crud.get_user_by_email(session=session, email=email)
+    # An unknown address gets the same work (a token and an email, never sent),
+    # so that the time of the answer does not tell which addresses are registered.
+    token = security.create_password_reset_token(
+        user.id if user else uuid.uuid4(),
+        user.hashed_password if user else security.dummy_hash(),
+    )
+    recovery = emails.reset_password_email(user.email if user else email, token)
     if user is not None:
-        token = security.create_password_reset_token(user.id, user.hashed_password)
-        background_tasks.add_task(
-            emails.send_email, emails.reset_password_email(user.email, token)
-        )
+        background_tasks.add_task(emails.send_email, recovery)
     return Message(message=RECOVERY_MESSAGE)
 
 
@@ -245,13 +250,17 @@ async def resend_verification_email(
     email_requests: EmailRequestsDep,
 ) -> Message:
     """Send a new verification link; the answer is the same for unknown emails."""
-    await email_requests.count(body.email)
+    await email_requests.count("verification", body.email)
     user = await crud.get_user_by_email(session=session, email=body.email)
-    if user is not None and user.email_verified_at is None:
-        token = security.create_email_verification_token(user.id, user.email)
-        background_tasks.add_task(
-            emails.send_email, emails.verify_email_email(user.email, token)
-        )
+    # The same work whatever the address (see recover_password).
+    unverified = user is not None and user.email_verified_at is None
+    address = user.email if user else body.email
+    token = security.create_email_verification_token(
+        user.id if user else uuid.uuid4(), address
+    )
+    verification = emails.verify_email_email(address, token)
+    if unverified:
+        background_tasks.add_task(emails.send_email, verification)
     return Message(message=VERIFICATION_MESSAGE)
 
 

@@ -1,6 +1,6 @@
 import uuid
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, status
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, status
 
 from app import crud, emails
 from app.api.deps import (
@@ -14,6 +14,7 @@ from app.api.deps import (
     PageDep,
     PasswordAttemptsDep,
     SessionDep,
+    count_signup,
     ensure_can_manage,
     next_cursor,
     not_enough_privileges,
@@ -133,7 +134,7 @@ async def update_user_me(
         "email" in user_in.model_fields_set
         and user_in.email.lower() != old_email.lower()
     ):
-        await email_requests.count(user_in.email)  # it mails the new address
+        await email_requests.count("verification", user_in.email)  # to the new address
     try:
         user = await crud.update_user(
             session=session, user=current_user, user_in=user_in
@@ -245,16 +246,14 @@ async def revoke_session_me(
         Error(400, "The user with this email already exists in the system"),
         TOO_MANY_ATTEMPTS,
     ),
+    dependencies=[Depends(count_signup)],
 )
 async def register_user(
     session: SessionDep,
     user_in: UserRegister,
     background_tasks: BackgroundTasks,
-    email_requests: EmailRequestsDep,
 ) -> User:
     """Create an account without being logged in; a verification link is emailed."""
-    # Before hashing: a script cannot burn CPU or mail strangers without limit.
-    await email_requests.count(None)
     try:
         user = await crud.create_user(
             session=session, user_create=UserCreate.model_validate(user_in)

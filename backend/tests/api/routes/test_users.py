@@ -507,7 +507,7 @@ class TestRegisterUser:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         # One client: lift its signup limit, the race is the point here.
-        monkeypatch.setattr(settings, "EMAIL_REQUESTS_PER_CLIENT", 100)
+        monkeypatch.setattr(settings, "SIGNUPS_PER_CLIENT", 100)
         email = f"signup-race-{factories.random_string(8)}@example.com"
         letters = [pos for pos, ch in enumerate(email.split("@")[0]) if ch.isalpha()]
         # Fifty spellings of one address, differing only in the case of letters.
