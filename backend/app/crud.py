@@ -22,6 +22,7 @@ from app.models import (
     ItemPublic,
     ItemUpdate,
     RefreshToken,
+    Role,
     User,
     UserCreate,
     UserSession,
@@ -33,6 +34,10 @@ from app.models import (
 
 class EmailAlreadyExistsError(Exception):
     pass
+
+
+class LastSuperadminError(Exception):
+    """The change would leave no active superadmin."""
 
 
 class Position(NamedTuple):
@@ -145,13 +150,39 @@ async def get_or_create_external_user(*, session: AsyncSession, email: str) -> U
         return existing
 
 
+async def _ensure_another_superadmin(session: AsyncSession, user: User) -> None:
+    """Raise LastSuperadminError unless an active superadmin besides `user` remains.
+    The active superadmins' rows stay locked until the commit, taken in one order:
+    of two superadmins demoting each other at once, the second sees the first's
+    change, and neither waits for the other forever."""
+    statement = (
+        select(User.id)
+        .where(col(User.role) == Role.superadmin, col(User.is_active))
+        .order_by(col(User.id))
+        .with_for_update()
+    )
+    superadmins = (await session.exec(statement)).all()
+    if not set(superadmins) - {user.id}:
+        raise LastSuperadminError
+
+
 async def update_user(
     *, session: AsyncSession, user: User, user_in: UserUpdate | UserUpdateMe
 ) -> User:
-    """Raises EmailAlreadyExistsError when the new email belongs to another user."""
+    """Raises EmailAlreadyExistsError when the new email belongs to another user,
+    LastSuperadminError when it would demote or deactivate the last superadmin."""
     data = user_in.model_dump(exclude_unset=True, exclude={"role", "is_superuser"})
     if isinstance(user_in, UserUpdate):
         data["role"] = user_in.requested_role(user.role)
+    if (
+        user.is_superuser
+        and user.is_active
+        and (
+            data.get("role", user.role) != Role.superadmin
+            or data.get("is_active") is False
+        )
+    ):
+        await _ensure_another_superadmin(session, user)
     if "email" in data:
         owner = await get_user_by_email(session=session, email=data["email"])
         if owner and owner.id != user.id:
@@ -208,7 +239,10 @@ async def authenticate(
 
 
 async def delete_user(*, session: AsyncSession, user: User) -> None:
-    """Deletes the user; the database deletes their items (ON DELETE CASCADE)."""
+    """Deletes the user; the database deletes their items (ON DELETE CASCADE).
+    Raises LastSuperadminError for the last active superadmin."""
+    if user.is_superuser and user.is_active:
+        await _ensure_another_superadmin(session, user)
     await session.delete(user)
     await session.commit()
 

@@ -48,6 +48,12 @@ router = APIRouter(prefix="/users", tags=["users"])
 EMAIL_TAKEN = "User with this email already exists"
 SUPERUSER_SELF_DELETION = Error(403, "Super users are not allowed to delete themselves")
 EMAIL_CONFLICT = Error(409, EMAIL_TAKEN)
+LAST_SUPERADMIN = Error(
+    409, "At least one active superadmin must remain: promote another user first"
+)
+last_superadmin = HTTPException(
+    status_code=status.HTTP_409_CONFLICT, detail=LAST_SUPERADMIN.detail
+)
 
 
 def forbid_self_deletion_of_superuser(user: User) -> None:
@@ -199,7 +205,7 @@ async def update_password_me(
 async def delete_user_me(session: SessionDep, current_user: CurrentUser) -> Message:
     """Delete the current user and their items."""
     forbid_self_deletion_of_superuser(current_user)
-    await crud.delete_user(session=session, user=current_user)
+    await crud.delete_user(session=session, user=current_user)  # never a superadmin
     return Message(message="User deleted successfully")
 
 
@@ -297,6 +303,7 @@ async def read_user_by_id(
         BODY,
         Error(404, "The user with this id does not exist in the system"),
         EMAIL_CONFLICT,
+        LAST_SUPERADMIN,
     ),
 )
 async def update_user(
@@ -312,6 +319,8 @@ async def update_user(
         user = await crud.update_user(session=session, user=user, user_in=user_in)
     except crud.EmailAlreadyExistsError:
         raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=EMAIL_TAKEN)
+    except crud.LastSuperadminError:
+        raise last_superadmin
     if user.email_verified_at is None and "email" in user_in.model_fields_set:
         send_verification_email(background_tasks, user)
     return user
@@ -324,6 +333,7 @@ async def update_user(
         ONLY_SUPERADMIN,
         SUPERUSER_SELF_DELETION,
         Error(404, "User not found"),
+        LAST_SUPERADMIN,
     ),
 )
 async def delete_user(
@@ -338,5 +348,8 @@ async def delete_user(
     if user.id == staff.id:
         forbid_self_deletion_of_superuser(user)
     ensure_can_manage(staff, user.role)
-    await crud.delete_user(session=session, user=user)
+    try:
+        await crud.delete_user(session=session, user=user)
+    except crud.LastSuperadminError:
+        raise last_superadmin
     return Message(message="User deleted successfully")

@@ -1,12 +1,16 @@
 """Roles: superadmin does everything, admin manages ordinary users and all items
 (never staff), user only their own data; is_superuser always agrees with role."""
 
+import asyncio
 from typing import Any
 
 import pytest
 from httpx import AsyncClient
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import crud
 from app.models import Item, Role, User
 from tests import factories
 from tests.api.helpers import API
@@ -17,6 +21,9 @@ ONLY_SUPERADMIN = {
     "detail": "Only a superadmin can create, change or delete admins and superadmins"
 }
 NOT_ENOUGH_PRIVILEGES = {"detail": "The user doesn't have enough privileges"}
+LAST_SUPERADMIN = {
+    "detail": "At least one active superadmin must remain: promote another user first"
+}
 
 
 def new_user(**fields: Any) -> dict[str, Any]:
@@ -246,6 +253,107 @@ class TestSuperadmin:
     ) -> None:
         response = await client.delete(f"{USERS}/{admin.id}", headers=superuser_headers)
         assert response.status_code == 200
+
+
+class TestLastSuperadmin:
+    """At least one active superadmin always remains, by any route."""
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"role": "user"},
+            {"role": "admin"},
+            {"is_superuser": False},
+            {"is_active": False},
+        ],
+    )
+    async def test_the_last_superadmin_cannot_step_down(
+        self,
+        client: AsyncClient,
+        db: AsyncSession,
+        superuser: User,
+        superuser_headers: dict[str, str],
+        change: dict[str, Any],
+    ) -> None:
+        url = f"{USERS}/{superuser.id}"
+        response = await client.patch(url, headers=superuser_headers, json=change)
+        assert response.status_code == 409
+        assert response.json() == LAST_SUPERADMIN
+        assert await stored_role(db, superuser) == Role.superadmin
+        # The probe's path: demoted, then deleted as an ordinary user.
+        deleted = await client.delete(f"{USERS}/me", headers=superuser_headers)
+        assert deleted.status_code == 403
+
+    async def test_with_another_superadmin_it_can(
+        self,
+        client: AsyncClient,
+        db: AsyncSession,
+        superuser: User,
+        superuser_headers: dict[str, str],
+    ) -> None:
+        other = await factories.create_user(db, role=Role.superadmin)
+        url = f"{USERS}/{superuser.id}"
+        response = await client.patch(
+            url, headers=superuser_headers, json={"role": "user"}
+        )
+        assert response.status_code == 200
+        assert await stored_role(db, superuser) == Role.user
+        # Now the other is the last one.
+        other_headers = await auth_headers(db, other)
+        response = await client.patch(
+            f"{USERS}/{other.id}", headers=other_headers, json={"is_active": False}
+        )
+        assert response.status_code == 409
+
+    async def test_an_inactive_superadmin_does_not_count(
+        self,
+        client: AsyncClient,
+        db: AsyncSession,
+        superuser: User,
+        superuser_headers: dict[str, str],
+    ) -> None:
+        await factories.create_user(db, role=Role.superadmin, is_active=False)
+        url = f"{USERS}/{superuser.id}"
+        response = await client.patch(
+            url, headers=superuser_headers, json={"role": "user"}
+        )
+        assert response.status_code == 409
+
+    async def test_crud_refuses_to_delete_the_last_one(
+        self, db: AsyncSession, superuser: User
+    ) -> None:
+        with pytest.raises(crud.LastSuperadminError):
+            await crud.delete_user(session=db, user=superuser)
+
+    async def test_two_superadmins_demoting_each_other_at_once_leave_one(
+        self, committing_client: AsyncClient, engine: AsyncEngine
+    ) -> None:
+        sessions = async_sessionmaker(
+            engine, class_=AsyncSession, expire_on_commit=False
+        )
+        async with sessions() as session:
+            first = await factories.create_user(session, role=Role.superadmin)
+            second = await factories.create_user(session, role=Role.superadmin)
+            first_headers = await auth_headers(session, first)
+            second_headers = await auth_headers(session, second)
+
+        results = await asyncio.gather(
+            committing_client.patch(
+                f"{USERS}/{second.id}", headers=first_headers, json={"role": "user"}
+            ),
+            committing_client.patch(
+                f"{USERS}/{first.id}", headers=second_headers, json={"role": "user"}
+            ),
+        )
+
+        assert sorted(result.status_code for result in results) == [200, 409]
+        async with sessions() as session:
+            active = await session.exec(
+                select(func.count()).where(
+                    col(User.role) == Role.superadmin, col(User.is_active)
+                )
+            )
+            assert active.one() == 1
 
 
 class TestOrdinaryUser:
