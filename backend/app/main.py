@@ -99,12 +99,45 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+# Never echoed back in a 422's `input`: the error says what is wrong with them.
+SECRET_FIELDS = frozenset(
+    {
+        "password",
+        "new_password",
+        "current_password",
+        "token",
+        "refresh_token",
+        "access_token",
+        "client_secret",
+    }
+)
+
+
+def _without_secrets(error: dict[str, Any]) -> dict[str, Any]:
+    """A validation error without the secrets it may carry: its own `input` for a
+    secret field, the secret fields of an object `input` (a missing field's error
+    holds the whole body)."""
+    field = error["loc"][-1] if error.get("loc") else None
+    if field in SECRET_FIELDS:
+        return {key: value for key, value in error.items() if key != "input"}
+    if isinstance(error.get("input"), dict):
+        shown = {
+            key: "[redacted]" if key in SECRET_FIELDS else value
+            for key, value in error["input"].items()
+        }
+        return {**error, "input": shown}
+    return error
+
+
 @app.exception_handler(RequestValidationError)
 async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's 422, made safe to encode whatever the client sent."""
+    """FastAPI's 422, made safe to encode whatever the client sent, and without
+    the secrets it sent."""
     assert isinstance(exc, RequestValidationError)
-    errors = _json_safe(jsonable_encoder(exc.errors()))
-    return JSONResponse(status_code=422, content={"detail": errors})
+    errors = [_without_secrets(error) for error in exc.errors()]
+    return JSONResponse(
+        status_code=422, content={"detail": _json_safe(jsonable_encoder(errors))}
+    )
 
 
 @app.get("/", tags=["root"])

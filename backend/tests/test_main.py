@@ -289,6 +289,34 @@ class TestLogging:
         assert not server_logger.isEnabledFor(logging.INFO)
         assert server_logger.isEnabledFor(logging.WARNING)
 
+    @pytest.mark.parametrize("json_lines", [False, True])
+    def test_access_lines_hide_emails_in_paths(
+        self, restore_logging: None, json_lines: bool
+    ) -> None:
+        setup_logging(json_lines=json_lines)
+        (handler,) = logging.getLogger().handlers
+        lines = []
+        for path in (
+            "/api/v1/password-recovery/ada.lovelace@example.com",
+            "/api/v1/password-recovery-html-content/ada.lovelace%40example.com?x=1",
+        ):
+            # As uvicorn logs a request.
+            record = logging.LogRecord(
+                "uvicorn.access",
+                logging.INFO,
+                __file__,
+                1,
+                '%s - "%s %s HTTP/%s" %d',
+                ("127.0.0.1:5000", "POST", path, "1.1", 200),
+                None,
+            )
+            assert handler.filter(record)
+            lines.append(handler.format(record))
+
+        assert "ada.lovelace" not in "".join(lines)
+        assert "/api/v1/password-recovery/[email] HTTP/1.1" in lines[0]
+        assert "/api/v1/password-recovery-html-content/[email]?x=1" in lines[1]
+
     def test_setup_logging_json_lines(self, restore_logging: None) -> None:
         setup_logging(json_lines=True, level="WARNING")
         root = logging.getLogger()
@@ -305,3 +333,53 @@ class TestLogging:
         assert root.level == logging.WARNING
         assert entry["request_id"] == "req-json"
         assert entry["message"] == "json line"
+
+
+class TestValidationErrorsHideSecrets:
+    """A 422 says what is wrong with a secret field, never what it was."""
+
+    SECRET = "s3cret-\x00-" + "x" * 120
+
+    async def test_login_password_with_a_nul_byte(self, client: AsyncClient) -> None:
+        response = await client.post(
+            f"{settings.API_V1_STR}/login/access-token",
+            data={"username": "a@example.com", "password": self.SECRET},
+        )
+        assert response.status_code == 422
+        assert "s3cret" not in response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["body", "password"] and "input" not in error
+
+    async def test_signup_password_too_long(self, client: AsyncClient) -> None:
+        secret = "s3cret-" + "x" * 122
+        response = await client.post(
+            f"{settings.API_V1_STR}/users/signup",
+            json={"email": "new@example.com", "password": secret},
+        )
+        assert response.status_code == 422
+        assert "s3cret" not in response.text
+
+    async def test_a_missing_field_does_not_echo_the_body(
+        self, client: AsyncClient
+    ) -> None:
+        response = await client.post(
+            f"{settings.API_V1_STR}/users/signup", json={"password": "s3cret-password"}
+        )
+        assert response.status_code == 422
+        assert "s3cret" not in response.text
+        (error,) = response.json()["detail"]
+        assert error["input"] == {"password": "[redacted]"}
+
+    @pytest.mark.parametrize(
+        ("path", "body"),
+        [
+            ("/reset-password/", {"token": ["s3cret-token"], "new_password": "x"}),
+            ("/login/refresh-token", {"refresh_token": {"s3cret": 1}}),
+        ],
+    )
+    async def test_tokens_are_not_echoed(
+        self, client: AsyncClient, path: str, body: dict[str, object]
+    ) -> None:
+        response = await client.post(f"{settings.API_V1_STR}{path}", json=body)
+        assert response.status_code == 422
+        assert "s3cret" not in response.text

@@ -22,6 +22,27 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+# A path segment holding an email address (POST /password-recovery/{email}),
+# plain or percent-encoded.
+_EMAIL_IN_PATH = re.compile(r"[^/?#&=\s]*(?:@|%40)[^/?#&=\s]*", re.IGNORECASE)
+
+
+class RedactEmailFilter(logging.Filter):
+    """Access lines without the email addresses some paths carry: uvicorn's
+    access record has the path (with its query) as its third argument."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (
+            record.name == "uvicorn.access"
+            and isinstance(args, tuple)
+            and len(args) > 2
+        ):
+            path = _EMAIL_IN_PATH.sub("[email]", str(args[2]))
+            record.args = (*args[:2], path, *args[3:])
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -48,13 +69,16 @@ def setup_logging(*, json_lines: bool, level: str = "INFO") -> None:
         {
             "version": 1,
             "disable_existing_loggers": False,
-            "filters": {"request_id": {"()": RequestIdFilter}},
+            "filters": {
+                "request_id": {"()": RequestIdFilter},
+                "redact_email": {"()": RedactEmailFilter},
+            },
             "formatters": {"default": formatter},
             "handlers": {
                 "default": {
                     "class": "logging.StreamHandler",
                     "formatter": "default",
-                    "filters": ["request_id"],
+                    "filters": ["request_id", "redact_email"],
                 }
             },
             "root": {"handlers": ["default"], "level": level},
