@@ -30,7 +30,13 @@ def run(
 ) -> None:
     """Serve the API with uvicorn (development server)."""
     typer.echo(f"API docs: http://{host}:{port}/docs")
-    uvicorn.run("app.main:app", host=host, port=port, reload=reload)
+    uvicorn.run(
+        "app.main:app",
+        host=host,
+        port=port,
+        reload=reload,
+        forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
+    )
 
 
 @cli.command()

@@ -5,7 +5,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -18,20 +19,24 @@ BACKEND_DIR = Path(__file__).resolve().parents[1]
 SUPERUSER = ("live-admin@example.com", "live-admin-password")
 
 
-@pytest.fixture
-def live_server(scratch_database_url: URL, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    env = {
+GUNICORN = ("gunicorn", "app.main:app", "-k", "uvicorn_worker.UvicornWorker")
+
+
+def server_env(database_url: URL, **settings: str) -> dict[str, str]:
+    return {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DATABASE_URL": scratch_database_url.render_as_string(hide_password=False),
+        "DATABASE_URL": database_url.render_as_string(hide_password=False),
         "FIRST_SUPERUSER": SUPERUSER[0],
         "FIRST_SUPERUSER_PASSWORD": SUPERUSER[1],
         # One key for both workers: a token from one must work on the other.
         "SECRET_KEY": "live-server-test-secret-key-0123456789abcdef",
-        "LOGIN_MAX_FAILURES_PER_ACCOUNT": "3",
+        **settings,
     }
-    prestart = subprocess.run(
+
+
+def prestart(env: dict[str, str]) -> None:
+    done = subprocess.run(
         ["bash", "scripts/prestart.sh"],
         cwd=BACKEND_DIR,
         env=env,
@@ -39,41 +44,48 @@ def live_server(scratch_database_url: URL, tmp_path: Path) -> Iterator[str]:
         text=True,
         timeout=120,
     )
-    assert prestart.returncode == 0, prestart.stderr
-    command = [
-        *("gunicorn", "app.main:app", "-k", "uvicorn_worker.UvicornWorker", "-w", "2"),
-        *(
-            "-b",
-            f"127.0.0.1:{port}",
-            "--control-socket",
-            str(tmp_path / "gunicorn.ctl"),
-        ),
-    ]
-    log = (tmp_path / "gunicorn.log").open("w")
-    server = subprocess.Popen(
-        command, cwd=BACKEND_DIR, env=env, stdout=log, stderr=subprocess.STDOUT
+    assert done.returncode == 0, done.stderr
+
+
+@contextmanager
+def serving(command: list[str], env: dict[str, str], log_path: Path) -> Iterator[None]:
+    """`command` (a server on env["PORT"]) running in backend/ until the block ends."""
+    base_url = f"http://127.0.0.1:{env['PORT']}"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            command, cwd=BACKEND_DIR, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    health = httpx.get(f"{base_url}/api/v1/utils/health-check/")
+                    if health.status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            else:
+                pytest.fail(f"the server did not start: {log_path.read_text()}")
+            yield
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+@pytest.fixture
+def live_server(scratch_database_url: URL, tmp_path: Path) -> Iterator[str]:
+    port = str(free_port())
+    env = server_env(
+        scratch_database_url, LOGIN_MAX_FAILURES_PER_ACCOUNT="3", PORT=port
     )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if (
-                    httpx.get(f"{base_url}/api/v1/utils/health-check/").status_code
-                    == 200
-                ):
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            pytest.fail(
-                f"gunicorn did not start: {(tmp_path / 'gunicorn.log').read_text()}"
-            )
-        yield base_url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+    prestart(env)
+    command = [
+        *GUNICORN,
+        *("-w", "2", "-b", f"127.0.0.1:{port}"),
+        *("--control-socket", str(tmp_path / "gunicorn.ctl")),
+    ]
+    with serving(command, env, tmp_path / "gunicorn.log"):
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_contract_over_http_on_gunicorn(live_server: str) -> None:
@@ -166,3 +178,50 @@ def test_limits_and_sessions_shared_by_the_workers(live_server: str) -> None:
     assert replay.status_code == 401
     latest = httpx.post(f"{api}/login/refresh-token", json={"refresh_token": chain[-1]})
     assert latest.status_code == 401  # the replay ended the whole family
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        # As the README and the Dockerfile start it (gunicorn.conf.py)...
+        lambda port, tmp: [
+            *GUNICORN,
+            "-b",
+            f"127.0.0.1:{port}",
+            "--control-socket",
+            str(tmp / "g.ctl"),
+        ],
+        # ...and as scripts/run.sh does.
+        lambda port, _tmp: [sys.executable, "manage.py", "run", "--port", port],
+    ],
+    ids=["gunicorn", "manage.py run"],
+)
+def test_forwarded_headers_trusted_only_from_configured_addresses(
+    scratch_database_url: URL, tmp_path: Path, start: Callable[[str, Path], list[str]]
+) -> None:
+    """A relay on the same host (127.0.0.1) cannot choose the client address that
+    the per-address limits and the sessions list see, unless it is configured as
+    the proxy (FORWARDED_ALLOW_IPS)."""
+    port = str(free_port())
+    env = server_env(scratch_database_url, PORT=port)
+    prestart(env)
+    seen = {}
+    for trusted in ("unset", "127.0.0.1"):
+        env.pop(
+            "FORWARDED_ALLOW_IPS", None
+        )  # the default: the servers' own trusts 127.0.0.1
+        if trusted != "unset":
+            env["FORWARDED_ALLOW_IPS"] = trusted
+        with serving(start(port, tmp_path), env, tmp_path / "server.log"):
+            api = f"http://127.0.0.1:{port}/api/v1"
+            login = httpx.post(
+                f"{api}/login/access-token",
+                data={"username": SUPERUSER[0], "password": SUPERUSER[1]},
+                headers={"X-Forwarded-For": "203.0.113.9"},
+            )
+            token = login.json()["access_token"]
+            sessions = httpx.get(
+                f"{api}/users/me/sessions", headers={"Authorization": f"Bearer {token}"}
+            ).json()["data"]
+            seen[trusted] = next(s["client_address"] for s in sessions if s["current"])
+    assert seen == {"unset": "127.0.0.1", "127.0.0.1": "203.0.113.9"}

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     MAX_PAGE_SIZE: int = Field(default=100, ge=1)
     # Largest request body (bytes): above it, 413 before the body is read whole.
     MAX_REQUEST_BODY_BYTES: int = Field(default=1024 * 1024, ge=0)
+    # Peers trusted to set X-Forwarded-For/-Proto (comma-separated IPs or
+    # networks): the reverse proxy's address, nothing else. Empty: none (the
+    # servers' own default trusted 127.0.0.1, so anything relaying on the same
+    # host could choose its client address). Read by gunicorn.conf.py and
+    # `manage.py run`; Docker Compose sets the proxy's.
+    FORWARDED_ALLOW_IPS: str = ""
     # Swagger UI, ReDoc and the OpenAPI document; unset: on, except in production.
     DOCS_ENABLED: bool | None = None
     SENTRY_DSN: HttpUrl | None = None
