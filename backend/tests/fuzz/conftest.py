@@ -33,11 +33,14 @@ ACCOUNT_PATHS = ("/users", "/logout", "/reset-password")
 
 @dataclass
 class FuzzRun:
-    """What one fuzz test did: cases by status code, and its distinct failures
-    (one per operation, kind of failure and status code)."""
+    """What one fuzz test did: cases by status code, the operations it called with
+    a token that worked (answered other than 401), and its distinct failures (one
+    per operation, kind of failure and status code, with the first report)."""
 
     name: str
     by_status: dict[int, int] = field(default_factory=dict)
+    operations: set[str] = field(default_factory=set)
+    with_valid_token: set[str] = field(default_factory=set)
     failures: dict[tuple[str, str, int], str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -45,8 +48,11 @@ class FuzzRun:
     def cases(self) -> int:
         return sum(self.by_status.values())
 
-    def count(self, status_code: int) -> None:
+    def count(self, operation: str, status_code: int, token_owner: str | None) -> None:
         self.by_status[status_code] = self.by_status.get(status_code, 0) + 1
+        self.operations.add(operation)
+        if token_owner is not None and status_code != 401:
+            self.with_valid_token.add(operation)
 
     def record(self, operation: str, status_code: int, group: FailureGroup) -> None:
         for failure in group.exceptions:
@@ -55,10 +61,8 @@ class FuzzRun:
 
     def report(self) -> str:
         lines = [f"{len(self.failures)} distinct failures in {self.name}:"]
-        lines += [
-            f"- {operation} -> {status}: {kind}"
-            for operation, kind, status in sorted(self.failures)
-        ]
+        for (operation, kind, status), text in sorted(self.failures.items()):
+            lines += [f"- {operation} -> {status}: {kind}", text]
         return "\n".join(lines)
 
     def summary(self) -> str:
@@ -84,7 +88,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for run in RUNS:
         terminalreporter.line(run.summary())
     total = sum(run.cases for run in RUNS)
-    terminalreporter.line(f"total: {total} cases")
+    operations = set().union(*(run.operations for run in RUNS))
+    authenticated = set().union(*(run.with_valid_token for run in RUNS))
+    terminalreporter.line(
+        f"total: {total} cases; {len(authenticated)} of {len(operations)} "
+        "operations exercised with a valid token"
+    )
     for run in RUNS:
         if run.failures:
             terminalreporter.line(run.report())
@@ -141,6 +150,9 @@ def server(
         "LOGIN_MAX_FAILURES_PER_ADDRESS": "1000000",
         "EMAIL_REQUESTS_PER_ADDRESS": "1000000",
         "EMAIL_REQUESTS_PER_CLIENT": "1000000",
+        "EMAIL_REQUESTS_PER_ADDRESS_AND_CLIENT": "1000000",
+        "LOGIN_MAX_FAILURES_PER_ACCOUNT_ALL_ADDRESSES": "1000000",
+        "SIGNUPS_PER_CLIENT": "1000000",
     }
     env.pop("SUPABASE_URL", None)
     prestart = subprocess.run(
@@ -277,6 +289,13 @@ class Identities:
 
     def all(self) -> tuple[Identity, Identity]:
         return (self.user, self.superuser)
+
+    def owner(self, token: str | None) -> str | None:
+        """The name of the identity that was issued `token`, if any."""
+        for identity in self.all():
+            if token in identity.issued:
+                return identity.name
+        return None
 
     def refresh(self, token: str) -> str:
         """The live token of the identity that was issued `token` (a case keeps the
