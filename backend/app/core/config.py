@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     # Rate limits (sliding windows), shared by all workers and replicas: kept in
     # PostgreSQL (or the SQLite file), or in Redis when REDIS_URL is set. Client
     # limits are per IP address: sized so that an office or a school behind one
-    # NAT address gets through its launch day (README, "Rate limits").
+    # NAT address gets through its launch day (README, "Rate limits and lockout").
     REDIS_URL: str | None = None
     # Failed logins for one account from one client address (then that address
     # waits, not the account's owner), from all addresses together (then only
