@@ -16,10 +16,15 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.middleware.cors import CORSMiddleware
 
 from app.api.main import api_routers
+from app.api.routes import docs
 from app.core import ratelimit, security
 from app.core.config import settings
 from app.core.db import DatabaseSessionMiddleware, engine, is_unavailability
-from app.core.http import BodyLimitMiddleware, SecurityHeadersMiddleware
+from app.core.http import (
+    BodyLimitMiddleware,
+    SecurityHeadersMiddleware,
+    docs_content_security_policy,
+)
 from app.core.logging import RequestIdMiddleware, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -46,9 +51,10 @@ if settings.SENTRY_DSN and settings.ENVIRONMENT != "local":
 
 app = FastAPI(
     title=settings.PROJECT_NAME,
-    openapi_url=f"{settings.API_V1_STR}/openapi.json"
-    if settings.docs_enabled
-    else None,
+    openapi_url=docs.OPENAPI_URL if settings.docs_enabled else None,
+    # Served by app/api/routes/docs.py, with their assets: no CDN.
+    docs_url=None,
+    redoc_url=None,
     generate_unique_id_function=custom_generate_unique_id,
     lifespan=lifespan,
 )
@@ -66,10 +72,16 @@ if settings.all_cors_origins:
         allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         expose_headers=["X-Request-ID"],
     )
-app.add_middleware(SecurityHeadersMiddleware)
+app.add_middleware(
+    SecurityHeadersMiddleware,
+    docs_csp=docs_content_security_policy(docs.SCRIPT_HASHES),
+)
 app.add_middleware(RequestIdMiddleware)
 for router in api_routers:
     app.include_router(router, prefix=settings.API_V1_STR)
+if settings.docs_enabled:
+    app.include_router(docs.router)
+    app.mount(docs.ASSETS_URL, docs.assets, name="docs-assets")
 
 
 @app.exception_handler(ratelimit.TooManyAttempts)

@@ -1,3 +1,5 @@
+import base64
+import hashlib
 import json
 import logging
 import re
@@ -116,6 +118,53 @@ class TestOpenApi:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/html")
         assert OPENAPI in response.text
+
+
+class TestDocsWithoutInternet:
+    @pytest.mark.parametrize("path", ["/docs", "/redoc", "/docs/oauth2-redirect"])
+    async def test_pages_load_nothing_from_elsewhere(
+        self, client: AsyncClient, path: str
+    ) -> None:
+        page = (await client.get(path)).text
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), page
+        for asset in re.findall(r"""(?:src|href)=["']?(/[^"' >]+)""", page):
+            assert (await client.get(asset)).status_code == 200, asset
+
+    @pytest.mark.parametrize(
+        ("asset", "content_type"),
+        [
+            ("swagger-ui-bundle.js", "text/javascript"),
+            ("swagger-ui.css", "text/css"),
+            ("redoc.standalone.js", "text/javascript"),
+            ("favicon.png", "image/png"),
+        ],
+    )
+    async def test_assets_come_from_the_app(
+        self, client: AsyncClient, asset: str, content_type: str
+    ) -> None:
+        response = await client.get(f"/docs/static/{asset}")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith(content_type)
+        assert b"cdn.redoc.ly" not in response.content
+
+    async def test_content_security_policies(self, client: AsyncClient) -> None:
+        api = await client.get(HEALTH_CHECK)
+        assert api.headers["content-security-policy"] == (
+            "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+        )
+        docs = await client.get("/docs")
+        policy = dict(
+            directive.split(" ", 1)
+            for directive in docs.headers["content-security-policy"].split("; ")
+        )
+        # Inline scripts: only the page's own, by hash.
+        (inline,) = re.findall(r"<script>(.*?)</script>", docs.text, re.DOTALL)
+        digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in policy["script-src"].split()
+        assert "'unsafe-inline'" not in policy["script-src"]
+        assert policy["default-src"] == "'none'"
+        assert policy["connect-src"] == "'self'"
+        assert policy["frame-ancestors"] == "'none'"
 
 
 class TestRequestId:
