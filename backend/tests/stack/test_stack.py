@@ -138,10 +138,16 @@ SECURITY_HEADER_NAMES = (
     "x-frame-options",
     "x-xss-protection",
 )
-API_SECURITY_HEADERS = {
+# Set by Traefik on Adminer, by the app on everything else.
+BROWSER_HARDENING = {
     "referrer-policy": ["no-referrer"],
     "x-content-type-options": ["nosniff"],
     "x-frame-options": ["DENY"],
+}
+API_SECURITY_HEADERS = BROWSER_HARDENING | {
+    "content-security-policy": [
+        "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+    ],
 }
 HSTS = {"strict-transport-security": ["max-age=31536000; includeSubDomains"]}
 
@@ -160,17 +166,29 @@ def test_security_headers(stack: Stack, proxy: httpx.Client) -> None:
     direct = httpx.get(f"{stack.backend_url(1)}{HEALTH}")
     assert security_headers(direct) == API_SECURITY_HEADERS
     assert direct.headers["server"] == "uvicorn"
+    docs_policy = httpx.get(f"{stack.backend_url(1)}/docs").headers.get_list(
+        "content-security-policy"
+    )
 
     adminer = httpx.get(stack.adminer_url)
-    for response in (proxy.get(HEALTH), proxy.get("/docs"), adminer):
+    expected = [
+        (proxy.get(HEALTH), API_SECURITY_HEADERS),
+        (
+            proxy.get("/docs"),
+            BROWSER_HARDENING | {"content-security-policy": docs_policy},
+        ),
+        (adminer, BROWSER_HARDENING),
+    ]
+    for response, headers in expected:
         assert response.status_code == 200
-        headers = security_headers(response)
-        if response is adminer:  # its own policy (CSP...) on top of Traefik's
-            headers = {name: headers[name] for name in API_SECURITY_HEADERS}
+        found = security_headers(response)
+        if response is adminer:  # its own policy (CSP...) beside Traefik's headers
+            found = {name: found[name] for name in BROWSER_HARDENING}
         # HSTS only over HTTPS (see the production test).
-        assert headers == API_SECURITY_HEADERS
+        assert found == headers
         assert "server" not in response.headers
         assert "x-powered-by" not in response.headers
+    assert docs_policy[0].startswith("default-src 'none'; script-src 'self' 'sha256-")
 
 
 def test_compression(proxy: httpx.Client) -> None:
