@@ -355,7 +355,7 @@ class EmailRequests:
         self.limiter = limiter
         self.client_address = client_address
 
-    async def count(self, purpose: str, recipient: str) -> None:
+    async def count(self, purpose: ratelimit.EmailPurpose, recipient: str) -> None:
         """Count one request for an email of kind `purpose` (429 beyond the limits)."""
         limits = ratelimit.email_request_limits(
             purpose, recipient.lower(), self.client_address

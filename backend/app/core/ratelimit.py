@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Literal, Protocol
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
@@ -123,7 +123,12 @@ def signup_limit(client: str) -> Limit:
     ), client
 
 
-def email_request_limits(purpose: str, recipient: str, client: str) -> list[Limit]:
+EmailPurpose = Literal["recovery", "verification"]
+
+
+def email_request_limits(
+    purpose: EmailPurpose, recipient: str, client: str
+) -> list[Limit]:
     """An email of kind `purpose` to `recipient`, asked for by `client`."""
     window = settings.EMAIL_REQUEST_WINDOW_SECONDS
     per_address_and_client = settings.EMAIL_REQUESTS_PER_ADDRESS_AND_CLIENT

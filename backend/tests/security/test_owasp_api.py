@@ -1913,8 +1913,7 @@ class TestAPI9ImproperInventoryManagement:
         others = {
             path
             for context, path in served_routes()
-            if not isinstance(context.original_route, APIRoute)
-            or path in DOCS_PAGES
+            if not isinstance(context.original_route, APIRoute) or path in DOCS_PAGES
         }
 
         assert others <= docs

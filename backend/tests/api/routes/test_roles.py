@@ -2,16 +2,17 @@
 (never staff), user only their own data; is_superuser always agrees with role."""
 
 import asyncio
+import uuid
 from typing import Any
 
 import pytest
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
-from sqlmodel import col, func, select
+from sqlmodel import col, delete, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import crud
-from app.models import Item, Role, User
+from app.models import Item, Role, User, UserUpdate
 from tests import factories
 from tests.api.helpers import API
 from tests.conftest import auth_headers
@@ -346,7 +347,10 @@ class TestLastSuperadmin:
             ),
         )
 
-        assert sorted(result.status_code for result in results) == [200, 409]
+        # The loser sees the winner's change: 409 when it runs beside it (the lock),
+        # 403 when it starts after (it is no superadmin any more).
+        codes = sorted(result.status_code for result in results)
+        assert codes in ([200, 403], [200, 409])
         async with sessions() as session:
             active = await session.exec(
                 select(func.count()).where(
@@ -354,6 +358,45 @@ class TestLastSuperadmin:
                 )
             )
             assert active.one() == 1
+
+
+async def test_concurrent_demotions_in_crud_leave_one_superadmin(
+    engine: AsyncEngine,
+) -> None:
+    """Two superadmins demoting each other in two transactions at once: the lock
+    makes the second see the first's change."""
+    sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+    async with sessions() as setup:
+        first = await factories.create_user(setup, role=Role.superadmin)
+        second = await factories.create_user(setup, role=Role.superadmin)
+
+    # On PostgreSQL both transactions read before either writes. SQLite runs one
+    # write transaction at a time (BEGIN IMMEDIATE): the second starts after the
+    # first's commit, and waiting for it there would deadlock.
+    both_read = asyncio.Barrier(2 if engine.dialect.name == "postgresql" else 1)
+
+    async def demote(user_id: uuid.UUID) -> str:
+        async with sessions() as session:
+            user = await session.get(User, user_id)
+            assert user is not None
+            await both_read.wait()
+            try:
+                await crud.update_user(
+                    session=session, user=user, user_in=UserUpdate(role=Role.user)
+                )
+            except crud.LastSuperadminError:
+                return "refused"
+            return "demoted"
+
+    try:
+        outcomes = await asyncio.gather(demote(first.id), demote(second.id))
+        assert sorted(outcomes) == ["demoted", "refused"]
+    finally:
+        async with sessions() as cleanup:
+            await cleanup.exec(
+                delete(User).where(col(User.id).in_([first.id, second.id]))
+            )
+            await cleanup.commit()
 
 
 class TestOrdinaryUser:
