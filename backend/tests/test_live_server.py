@@ -207,9 +207,8 @@ def test_forwarded_headers_trusted_only_from_configured_addresses(
     prestart(env)
     seen = {}
     for trusted in ("unset", "127.0.0.1"):
-        env.pop(
-            "FORWARDED_ALLOW_IPS", None
-        )  # the default: the servers' own trusts 127.0.0.1
+        # Unset is the default, where the servers' own default trusted 127.0.0.1.
+        env.pop("FORWARDED_ALLOW_IPS", None)
         if trusted != "unset":
             env["FORWARDED_ALLOW_IPS"] = trusted
         with serving(start(port, tmp_path), env, tmp_path / "server.log"):
