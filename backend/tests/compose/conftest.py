@@ -236,11 +236,17 @@ class Stack:
     urls: dict[str, str] = field(default_factory=dict)
 
     def compose(
-        self, *args: str, timeout: float = 600, check: bool = True
+        self,
+        *args: str,
+        timeout: float = 600,
+        check: bool = True,
+        files: list[str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        files = [arg for name in [*self.files, self.ports_file] for arg in ("-f", name)]
+        """`docker compose` with this stack's files (or `files`, unmoved ports)."""
+        names = [*self.files, self.ports_file] if files is None else files
+        options = [arg for name in names for arg in ("-f", name)]
         return run(
-            ["docker", "compose", *files, *args],
+            ["docker", "compose", *options, *args],
             self.engine.env,
             timeout,
             check,
