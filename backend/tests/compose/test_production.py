@@ -21,7 +21,7 @@ from tests.compose.conftest import (
     production_env,
     stack,
 )
-from tests.conftest import wait_until
+from tests.conftest import live_login, wait_until
 
 NAME = "fsm-production"
 HTTPS = "https://localhost:18443"
@@ -58,12 +58,7 @@ def client() -> Iterator[httpx.Client]:
 
 
 def login(client: httpx.Client) -> dict[str, str]:
-    answer = client.post(
-        "/api/v1/login/access-token",
-        data={"username": SUPERUSER[0], "password": SUPERUSER[1]},
-    )
-    assert answer.status_code == 200, answer.text
-    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+    return live_login(client, *SUPERUSER)
 
 
 def test_a_required_variable_missing_stops_up_with_its_name(
