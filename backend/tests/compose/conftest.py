@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +81,11 @@ class Engine:
         return found[0]
 
 
-def recipe_digest(recipe: str) -> str:
-    """The recipe and its helpers (files named after it: postgres-entrypoint.sh)."""
+def recipe_digest(recipe: str, previous: str) -> str:
+    """The recipe, its helpers (files named after it: postgres-entrypoint.sh)
+    and the recipes before it (images build FROM earlier ones)."""
     stem = recipe.split(".")[0]
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(previous.encode())
     for path in sorted(IMAGES.iterdir()):
         if path.name == recipe or path.name.startswith((f"{stem}-", f"{stem}.")):
             digest.update(path.name.encode() + path.read_bytes())
@@ -92,9 +93,10 @@ def recipe_digest(recipe: str) -> str:
 
 
 def build_standins(engine: Engine) -> None:
-    """Build each stand-in whose recipe changed since its image was built."""
+    """Build each stand-in whose recipe (or an earlier one) changed since."""
+    digest = ""
     for recipe, image in STANDINS:
-        digest = recipe_digest(recipe)
+        digest = recipe_digest(recipe, digest)
         label = f'{{{{index .Config.Labels "{RECIPE_LABEL}"}}}}'
         found = engine.docker("image", "inspect", "-f", label, image, check=False)
         if found.returncode == 0 and found.stdout.strip() == digest:
@@ -206,6 +208,7 @@ def engine() -> Iterator[Engine]:
             log.close()
             host.restore()
             shutil.rmtree(exec_root, ignore_errors=True)
+    assert HostNetwork.read() == host, "the host's network is not as it was"
 
 
 def remove_everything(engine: Engine) -> None:
@@ -231,9 +234,9 @@ class Stack:
 
     engine: Engine
     directory: Path
+    name: str  # the project (STACK_NAME)
     files: list[str]
     ports_file: str
-    urls: dict[str, str] = field(default_factory=dict)
 
     def compose(
         self,
@@ -253,14 +256,14 @@ class Stack:
             cwd=self.directory,
         )
 
-    def container(self, service: str, index: int = 1) -> dict[str, Any]:
-        name = self.compose("ps", "-aq", service).stdout.split()
-        assert name, f"no container for {service}"
-        ids = sorted(
-            name,
-            key=lambda c: self.engine.inspect("container", c)["Name"],
-        )
-        return self.engine.inspect("container", ids[index - 1])
+    def container(self, service: str, replica: int = 1) -> dict[str, Any]:
+        """`docker inspect` of a service's container (replica n of a scaled one)."""
+        found = [
+            self.engine.inspect("container", container_id)
+            for container_id in self.compose("ps", "-aq", service).stdout.split()
+        ]
+        by_name = {c["Name"]: c for c in found}
+        return by_name[f"/{self.name}-{service}-{replica}"]
 
     def wait_healthy(self, url: str, timeout: float = 60) -> None:
         """Traefik answers 404 until it sees a healthy replica: poll."""
@@ -306,7 +309,7 @@ def stack(
         (directory / linked).symlink_to(REPO / linked)
     shutil.copy(HERE / ports_file, directory / ports_file)
     write_env(directory, STACK_NAME=name, **env)
-    project = Stack(engine, directory, files, ports_file)
+    project = Stack(engine, directory, name, files, ports_file)
     try:
         yield project
     finally:
