@@ -231,6 +231,10 @@ class TestDockerfile:
             and "/api/v1/utils/health-check/" in self.dockerfile
         )
 
+    def test_builds_without_fetching_a_frontend(self) -> None:
+        # `# syntax=` makes BuildKit pull its frontend image on every build.
+        assert "# syntax=" not in self.dockerfile
+
     def test_workdir_holds_alembic_ini(self) -> None:
         workdirs = [
             line.split()[1]
