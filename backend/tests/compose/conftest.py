@@ -162,6 +162,13 @@ def engine() -> Iterator[Engine]:
     """dockerd on private paths, with the stand-in images built; stopped by PID."""
     if shutil.which("dockerd") is None:
         pytest.fail("dockerd is missing: run scripts/install-stack-tools.sh (root)")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "DOCKER_HOST": f"unix://{SOCKET}",
+    }
+    if run(["docker", "version"], env, timeout=10, check=False).returncode == 0:
+        pytest.fail(f"another Docker engine answers on {SOCKET}; stop it first")
     exec_root = Path(tempfile.mkdtemp(prefix="dockerd-", dir="/run"))
     plugins = exec_root / "config" / "cli-plugins"
     plugins.mkdir(parents=True)
@@ -169,15 +176,7 @@ def engine() -> Iterator[Engine]:
     (plugins / "docker-compose").symlink_to(
         Path(compose.__file__).parent / "docker-compose"
     )
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": os.environ.get("HOME", "/root"),
-        "DOCKER_HOST": f"unix://{SOCKET}",
-        "DOCKER_CONFIG": str(exec_root / "config"),
-    }
-    engine = Engine(env=env)
-    if engine.docker("version", check=False, timeout=10).returncode == 0:
-        pytest.fail(f"another Docker engine answers on {SOCKET}; stop it first")
+    engine = Engine(env={**env, "DOCKER_CONFIG": str(exec_root / "config")})
     host = HostNetwork.read()
     DATA_ROOT.mkdir(parents=True, exist_ok=True)
     log = (exec_root / "dockerd.log").open("w")
