@@ -7,11 +7,14 @@
 # with `uv sync`. Needs root or sudo; does nothing when all are present.
 set -euo pipefail
 
-packages=(adminer php-cli php-pgsql chromium redis-server docker.io iptables debootstrap npm)
+packages=(adminer php-cli php-pgsql chromium redis-server docker.io iptables debootstrap)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
+# Any npm will do: Debian's package conflicts with a Node.js that brings its own
+# (NodeSource's nodejs, as on this kind of machine).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
