@@ -41,7 +41,7 @@
 #                                  and the dashboard (/traefik, basic auth) are on
 #                                  STACK_HTTPS_PORT, Adminer over HTTPS; no dashboard port
 #   STACK_HTTPS_PORT        8843   Traefik, HTTPS (Docker: 443)
-#   ACME_CA_SERVER          Let's Encrypt production (see ../.env)
+#   ACME_CA_SERVER          Let's Encrypt production (staging: see ../.env)
 #   ACME_EMAIL              (none)  account email (Let's Encrypt refuses example.com)
 #   ACME_CHALLENGE          tls    tls (TLS-ALPN-01 on the HTTPS port, as in Docker) or
 #                                  http (HTTP-01 on STACK_PROXY_PORT)
