@@ -3,6 +3,7 @@ the files of ../traefik/dynamic) against Pebble, Let's Encrypt's test server,
 validating real HTTP-01 and TLS-ALPN-01 challenges on the proxy's ports."""
 
 import json
+import shutil
 import socket
 import ssl
 import subprocess
@@ -39,6 +40,8 @@ class Pebble:
 
 @pytest.fixture(scope="module")
 def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
+    binary = shutil.which("pebble")
+    assert binary, "no pebble: bash scripts/install-stack-tools.sh"
     tmp = tmp_path_factory.mktemp("pebble")
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
@@ -63,7 +66,7 @@ def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
     log = tmp / "pebble.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            ["pebble", "-config", str(tmp / "pebble.json")],
+            [binary, "-config", str(tmp / "pebble.json")],
             cwd=tmp,
             # No random wait before validating, no nonce rejected at random, and
             # every order validates its challenge anew (no authorization reuse).
@@ -98,7 +101,11 @@ def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
         )
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
 
 
 def https_stack(
@@ -157,6 +164,34 @@ def acme_certificate(stack: Stack, pebble: Pebble) -> x509.Certificate:
     return wait_until(verified, 60, "a certificate from Pebble", interval=0.2)
 
 
+def line_with(text: str, log: str) -> str | None:
+    return next((line for line in log.splitlines() if text in line), None)
+
+
+def traefik_start_error(stack: Stack, text: str) -> str:
+    """The first log line with `text` of Traefik started alone with the stack's
+    static configuration (stopped again)."""
+    log = stack.state_dir / "traefik-alone.log"
+    with log.open("w") as out:
+        traefik = subprocess.Popen(
+            [
+                str(Path(stack.env["STACK_VENV"]) / "bin" / "traefik"),
+                f"--configFile={stack.state_dir / 'traefik' / 'traefik.yml'}",
+            ],
+            cwd=stack.state_dir,
+            env=stack.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        return wait_until(
+            lambda: line_with(text, log.read_text()), 10, f"{text!r} in Traefik's log"
+        )
+    finally:
+        traefik.terminate()
+        traefik.wait(timeout=15)
+
+
 def test_tls_alpn_01_certificate_served_and_kept_across_restarts(
     pebble: Pebble, stack_database_url: URL, tmp_path: Path
 ) -> None:
@@ -189,8 +224,10 @@ def test_tls_alpn_01_certificate_served_and_kept_across_restarts(
         assert redirect.status_code in (301, 308)
         assert redirect.headers["location"] == f"{https}{HEALTH}"
 
-    # Restarted, from acme.json (no new order), even when copied readable by others.
+    # A copied or restored acme.json readable by others: Traefik alone refuses it,
+    # stack.sh makes it 0600 again, and the restart serves the same certificate.
     acme_json.chmod(0o644)
+    assert "permissions 644" in traefik_start_error(stack, "too open, please use 600")
     with running(stack):
         assert acme_json.stat().st_mode & 0o777 == 0o600
         assert acme_certificate(stack, pebble) == certificate
@@ -224,11 +261,16 @@ def test_failed_order_is_logged_and_the_default_certificate_served(
     stack = https_stack(tmp_path / "state", stack_database_url, pebble)
     issued = pebble.issued()
     with running(stack):
-        wait_until(
-            lambda: "Unable to obtain ACME certificate" in stack.log("traefik"),
+        failed = wait_until(
+            lambda: line_with(
+                "Unable to obtain ACME certificate", stack.log("traefik")
+            ),
             30,
             "the failed order in Traefik's log",
         )
+        assert " ERR " in failed
+        assert f'domains=["{DOMAIN}"]' in failed
+        assert "for the tls-alpn-01 challenge" in failed
         assert pebble.issued() == issued
         unverified = ssl.create_default_context()
         unverified.check_hostname = False
