@@ -60,6 +60,16 @@ class Stack:
         return (self.state_dir / f"{name}.log").read_text(errors="replace")
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """A process a test started: TERM, KILL if it is still there after 15 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
 def process_groups() -> dict[int, int]:
     """pid -> process group id of every process (zombies included)."""
     groups = {}

@@ -19,7 +19,7 @@ from cryptography import x509
 from sqlalchemy import URL
 
 from tests.conftest import free_port, wait_until
-from tests.stack.conftest import DOMAIN, Stack, new_stack, running
+from tests.stack.conftest import DOMAIN, Stack, new_stack, running, stop
 
 HEALTH = "/api/v1/utils/health-check/"
 DASHBOARD_AUTH = ("admin", "dashboard-password")
@@ -100,12 +100,7 @@ def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
             tls_port=tls_port,
         )
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop(process)
 
 
 def https_stack(
@@ -188,8 +183,7 @@ def traefik_start_error(stack: Stack, text: str) -> str:
             lambda: line_with(text, log.read_text()), 10, f"{text!r} in Traefik's log"
         )
     finally:
-        traefik.terminate()
-        traefik.wait(timeout=15)
+        stop(traefik)
 
 
 def test_tls_alpn_01_certificate_served_and_kept_across_restarts(
