@@ -36,6 +36,17 @@
 #   STACK_VENV              backend/.venv
 #   DOMAIN                  localhost  host name the routers answer on
 #   PROXY_GOMAXPROCS        1      cores Traefik's Go runtime runs on (as in Docker)
+# Production mode, as in docker-compose.yml (HTTPS, certificates over ACME):
+#   PROXY_HTTPS             false  true: STACK_PROXY_PORT redirects to HTTPS, the API
+#                                  and the dashboard (/traefik, basic auth) are on
+#                                  STACK_HTTPS_PORT, Adminer over HTTPS; no dashboard port
+#   STACK_HTTPS_PORT        8843   Traefik, HTTPS (Docker: 443)
+#   ACME_CA_SERVER          Let's Encrypt production (staging: see ../.env)
+#   ACME_EMAIL              (none)  account email (Let's Encrypt refuses example.com)
+#   ACME_CHALLENGE          tls    tls (TLS-ALPN-01 on the HTTPS port, as in Docker) or
+#                                  http (HTTP-01 on STACK_PROXY_PORT)
+#   Certificates are kept in STATE_DIR/acme.json across restarts. A private ACME
+#   CA's root (tests): LEGO_CA_CERTIFICATES=PEM path, read by Traefik.
 # Every server listens on 127.0.0.1 only. Linux (uses /proc and setsid).
 set -euo pipefail
 
@@ -63,6 +74,18 @@ TRAEFIK_LOG_LEVEL="${STACK_TRAEFIK_LOG_LEVEL:-INFO}"
 START_TIMEOUT="${STACK_START_TIMEOUT:-60}"
 VENV="${STACK_VENV:-$BACKEND_DIR/.venv}"
 DOMAIN="${DOMAIN:-localhost}"
+HTTPS="$(echo "${PROXY_HTTPS:-false}" | tr '[:upper:]' '[:lower:]')"
+HTTPS_PORT="${STACK_HTTPS_PORT:-8843}"
+ACME_CHALLENGE="${ACME_CHALLENGE:-tls}"
+if [ "$HTTPS" = true ]; then
+    ENTRYPOINTS=("web $PROXY_PORT" "websecure $HTTPS_PORT" "adminer $ADMINER_PORT")
+    API_URL="https://$DOMAIN:$HTTPS_PORT"
+    ADMINER_SCHEME=https
+else
+    ENTRYPOINTS=("web $PROXY_PORT" "adminer $ADMINER_PORT" "dashboard $DASHBOARD_PORT")
+    API_URL="http://$DOMAIN:$PROXY_PORT"
+    ADMINER_SCHEME=http
+fi
 ADMINER_CONF=/etc/adminer/conf.php
 
 log() { echo "stack: $*" >&2; }
@@ -138,11 +161,15 @@ stop_all() {
 
 # --- readiness ---------------------------------------------------------------
 
-http_ok() { # url [Host header]
+http_ok() { # url [curl options]
     local status
-    status="$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 \
-        ${2:+-H "Host: $2"} "$1" 2>/dev/null || true)"
+    status="$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" 2>/dev/null || true)"
     [ "$status" = 200 ]
+}
+
+proxy_ok() { # scheme port path: through Traefik to DOMAIN (resolved to HOST); -k
+    # because until the ACME order is done Traefik serves its default certificate
+    http_ok "$1://$DOMAIN:$2$3" --resolve "$DOMAIN:$2:$HOST" -k
 }
 
 all_replicas_up() { # Traefik's health check has seen every replica answer
@@ -168,9 +195,10 @@ wait_for() { # description deadline command...; fails early when a process died
 
 urls() {
     cat <<EOF
-API:        http://$DOMAIN:$PROXY_PORT/api/v1/  (docs: http://$DOMAIN:$PROXY_PORT/docs)
-Adminer:    http://$DOMAIN:$ADMINER_PORT/
-Dashboard:  http://$DOMAIN:$DASHBOARD_PORT/dashboard/
+API:        $API_URL/api/v1/  (docs: $API_URL/docs)
+Adminer:    $ADMINER_SCHEME://$DOMAIN:$ADMINER_PORT/
+Dashboard:  $([ "$HTTPS" = true ] && echo "$API_URL/traefik/dashboard/ (basic auth)" ||
+        echo "http://$DOMAIN:$DASHBOARD_PORT/dashboard/")
 SMTP sink:  $HOST:$SMTP_PORT (messages in $STATE_DIR/smtp.log)
 Replicas:   $(for i in $(seq 1 "$REPLICAS"); do printf 'http://%s:%s ' "$HOST" "${BACKEND_PORTS[i - 1]}"; done)
 State, logs: $STATE_DIR
@@ -211,13 +239,17 @@ accessLog:
     minDuration: 1s
 api:
   dashboard: true
+  basePath: $([ "$HTTPS" = true ] && echo /traefik || echo /)
 providers:
   file:
     directory: $REPO_DIR/traefik/dynamic
     watch: true
-entryPoints:
 EOF
-        for entrypoint in "web $PROXY_PORT" "adminer $ADMINER_PORT" "dashboard $DASHBOARD_PORT"; do
+        if [ "$HTTPS" = true ]; then
+            acme_config
+        fi
+        echo "entryPoints:"
+        for entrypoint in "${ENTRYPOINTS[@]}"; do
             read -r name port <<<"$entrypoint"
             cat <<EOF
   $name:
@@ -225,8 +257,35 @@ EOF
     http:
       aliasHeadersStrategy: delete
 EOF
+            if [ "$name" = web ] && [ "$HTTPS" = true ]; then
+                cat <<EOF
+      redirections:
+        entryPoint:
+          to: websecure
+          scheme: https
+EOF
+            fi
         done
     } >"$STATE_DIR/traefik/traefik.yml"
+}
+
+# Production: docker-compose.yml's resolver `le`, with the dashboard under /traefik.
+acme_config() {
+    local challenge
+    case "$ACME_CHALLENGE" in
+    tls) challenge="tlsChallenge: {}" ;;
+    http) challenge="httpChallenge: {entryPoint: web}" ;;
+    *) die "ACME_CHALLENGE must be tls or http, not '$ACME_CHALLENGE'" ;;
+    esac
+    cat <<EOF
+certificatesResolvers:
+  le:
+    acme:
+      caServer: "${ACME_CA_SERVER:-https://acme-v02.api.letsencrypt.org/directory}"
+      storage: $STATE_DIR/acme.json
+      $challenge
+EOF
+    [ -z "${ACME_EMAIL:-}" ] || echo "      email: \"$ACME_EMAIL\""
 }
 
 start() {
@@ -265,11 +324,14 @@ start() {
     for port in "${BACKEND_PORTS[@]}"; do
         servers="${servers:+$servers,}http://$HOST:$port"
     done
+    # Traefik skips its resolver, keeping the certificates in it unused, when
+    # acme.json is readable by others (a copied or restored file).
+    [ ! -f "$STATE_DIR/acme.json" ] || chmod 600 "$STATE_DIR/acme.json"
     (
         # From the state directory: no stray ./traefik.yml around.
         cd "$STATE_DIR"
         GOMAXPROCS="${PROXY_GOMAXPROCS:-1}" \
-            DOMAIN="$DOMAIN" PROXY_HTTPS=false BACKEND_SERVERS="$servers" \
+            DOMAIN="$DOMAIN" PROXY_HTTPS="$HTTPS" BACKEND_SERVERS="$servers" \
             BACKEND_HEALTHCHECK_INTERVAL="$HEALTHCHECK_INTERVAL" \
             ADMINER_URL="http://$HOST:$ADMINER_PHP_PORT" \
             launch traefik traefik --configFile="$STATE_DIR/traefik/traefik.yml"
@@ -296,11 +358,17 @@ start() {
             http_ok "http://$HOST:${BACKEND_PORTS[i - 1]}/api/v1/utils/health-check/"
     done
     wait_for "Adminer" "$deadline" http_ok "http://$HOST:$ADMINER_PHP_PORT/"
-    wait_for "Traefik -> backend" "$deadline" \
-        http_ok "http://$HOST:$PROXY_PORT/api/v1/utils/health-check/" "$DOMAIN"
-    wait_for "Traefik -> Adminer" "$deadline" http_ok "http://$HOST:$ADMINER_PORT/" "$DOMAIN"
-    wait_for "Traefik dashboard" "$deadline" http_ok "http://$HOST:$DASHBOARD_PORT/api/version"
-    wait_for "every replica in the load balancer" "$deadline" all_replicas_up
+    wait_for "Traefik -> Adminer" "$deadline" proxy_ok "$ADMINER_SCHEME" "$ADMINER_PORT" /
+    if [ "$HTTPS" = true ]; then
+        # No open dashboard in production: the API through the proxy only.
+        wait_for "Traefik -> backend" "$deadline" \
+            proxy_ok https "$HTTPS_PORT" /api/v1/utils/health-check/
+    else
+        wait_for "Traefik -> backend" "$deadline" \
+            proxy_ok http "$PROXY_PORT" /api/v1/utils/health-check/
+        wait_for "Traefik dashboard" "$deadline" http_ok "http://$HOST:$DASHBOARD_PORT/api/version"
+        wait_for "every replica in the load balancer" "$deadline" all_replicas_up
+    fi
     trap - EXIT
 
     urls

@@ -19,6 +19,7 @@ REQUIRED = [
     "FIRST_SUPERUSER_PASSWORD",
     "POSTGRES_PASSWORD",
 ]
+STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
 
 def run_compose(
@@ -55,6 +56,20 @@ def base() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def development() -> dict[str, Any]:
     return config("docker-compose.yml", "docker-compose.override.yml")
+
+
+def env_file_with(tmp_path: Path, variable: str, value: str | None) -> Path:
+    """The repository's .env with `variable` set to `value`, or removed (None)."""
+    lines = [
+        line
+        for line in (REPO / ".env").read_text().splitlines()
+        if not line.startswith(f"{variable}=")
+    ]
+    if value is not None:
+        lines.append(f"{variable}={value}")
+    env_file = tmp_path / ".env"
+    env_file.write_text("\n".join(lines))
+    return env_file
 
 
 def published_ports(service: dict[str, Any]) -> set[int]:
@@ -131,14 +146,28 @@ class TestBase:
     def test_required_variable_missing_fails(
         self, variable: str, tmp_path: Path
     ) -> None:
-        lines = (REPO / ".env").read_text().splitlines()
-        env_file = tmp_path / ".env"
-        env_file.write_text(
-            "\n".join(line for line in lines if not line.startswith(f"{variable}="))
-        )
+        env_file = env_file_with(tmp_path, variable, None)
         result = run_compose("docker-compose.yml", env_file=env_file)
         assert result.returncode != 0
         assert variable in result.stderr
+
+    @pytest.mark.parametrize(
+        ("value", "ca_server"),
+        [
+            (None, "https://acme-v02.api.letsencrypt.org/directory"),
+            (STAGING, STAGING),
+        ],
+    )
+    def test_acme_ca_server_defaults_to_lets_encrypt_production(
+        self, value: str | None, ca_server: str, tmp_path: Path
+    ) -> None:
+        result = run_compose(
+            "docker-compose.yml",
+            env_file=env_file_with(tmp_path, "ACME_CA_SERVER", value),
+        )
+        assert result.returncode == 0, result.stderr
+        command = json.loads(result.stdout)["services"]["proxy"]["command"]
+        assert f"--certificatesResolvers.le.acme.caServer={ca_server}" in command
 
     def test_proxy_uses_the_repo_traefik_files_and_finds_replicas(
         self, base: dict[str, Any]

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ PROCESSES = ("smtp", "backend-1", "backend-2", "adminer", "traefik")
 class Stack:
     state_dir: Path
     proxy_port: int
+    https_port: int
     adminer_port: int
     dashboard_port: int
     backend_ports: tuple[int, int]
@@ -56,6 +58,16 @@ class Stack:
 
     def log(self, name: str) -> str:
         return (self.state_dir / f"{name}.log").read_text(errors="replace")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """A process a test started: TERM, KILL if it is still there after 15 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
 
 
 def process_groups() -> dict[int, int]:
@@ -88,42 +100,58 @@ def stack_database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL
         yield url
 
 
-@pytest.fixture(scope="package")
-def stack(
-    stack_database_url: URL, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    state_dir = tmp_path_factory.mktemp("stack")
-    ports = [free_port() for _ in range(7)]
-    stack = Stack(
+def new_stack(
+    state_dir: Path,
+    database_url: URL,
+    *,
+    proxy_port: int | None = None,
+    https_port: int | None = None,
+    **settings: str,
+) -> Stack:
+    """The settings of a stack on free loopback ports (or the given proxy ports),
+    with `settings` (environment variables) added."""
+    ports = [free_port() for _ in range(6)]
+    proxy_port = proxy_port or free_port()
+    https_port = https_port or free_port()
+    return Stack(
         state_dir=state_dir,
-        proxy_port=ports[0],
-        adminer_port=ports[1],
-        dashboard_port=ports[2],
-        backend_ports=(ports[3], ports[4]),
-        smtp_port=ports[5],
-        database_url=stack_database_url,
+        proxy_port=proxy_port,
+        https_port=https_port,
+        adminer_port=ports[0],
+        dashboard_port=ports[1],
+        backend_ports=(ports[2], ports[3]),
+        smtp_port=ports[4],
+        database_url=database_url,
         env={
             **os.environ,
             "STACK_STATE_DIR": str(state_dir),
             "STACK_VENV": sys.prefix,
-            "STACK_PROXY_PORT": str(ports[0]),
-            "STACK_ADMINER_PORT": str(ports[1]),
-            "STACK_DASHBOARD_PORT": str(ports[2]),
-            "STACK_BACKEND_PORTS": f"{ports[3]} {ports[4]}",
-            "STACK_SMTP_PORT": str(ports[5]),
-            "STACK_ADMINER_PHP_PORT": str(ports[6]),
+            "STACK_PROXY_PORT": str(proxy_port),
+            "STACK_HTTPS_PORT": str(https_port),
+            "STACK_ADMINER_PORT": str(ports[0]),
+            "STACK_DASHBOARD_PORT": str(ports[1]),
+            "STACK_BACKEND_PORTS": f"{ports[2]} {ports[3]}",
+            "STACK_SMTP_PORT": str(ports[4]),
+            "STACK_ADMINER_PHP_PORT": str(ports[5]),
             "STACK_HEALTHCHECK_INTERVAL": "1s",
             # Retries are logged at DEBUG only (not in the access log's RetryAttempts).
             "STACK_TRAEFIK_LOG_LEVEL": "DEBUG",
             "STACK_START_TIMEOUT": "60",
             "DOMAIN": DOMAIN,
-            "DATABASE_URL": stack_database_url.render_as_string(hide_password=False),
+            "DATABASE_URL": database_url.render_as_string(hide_password=False),
             "FIRST_SUPERUSER": SUPERUSER[0],
             "FIRST_SUPERUSER_PASSWORD": SUPERUSER[1],
             "SECRET_KEY": "stack-test-secret-key-0123456789abcdefghij",
             "ENVIRONMENT": "local",
+            **settings,
         },
     )
+
+
+@contextmanager
+def running(stack: Stack) -> Iterator[Stack]:
+    """`stack.sh start`, then `stop` with a check that no process it started is left."""
+    state_dir = stack.state_dir
     groups: set[int] = set()
     try:
         started = subprocess.run(
@@ -159,6 +187,15 @@ def stack(
         )
         assert stopped.returncode == 0, stopped.stderr
         assert not list(state_dir.glob("*.pid"))
+
+
+@pytest.fixture(scope="package")
+def stack(
+    stack_database_url: URL, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    state_dir = tmp_path_factory.mktemp("stack")
+    with running(new_stack(state_dir, stack_database_url)) as started:
+        yield started
 
 
 @pytest.fixture

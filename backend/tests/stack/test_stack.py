@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, live_login, wait_until
-from tests.stack.conftest import DOMAIN, SUPERUSER, Stack
+from tests.stack.conftest import DOMAIN, SUPERUSER, Stack, stop
 
 REPO_DIR = Path(__file__).resolve().parents[3]
 HEALTH = "/api/v1/utils/health-check/"
@@ -480,12 +480,7 @@ def production_proxy(stack: Stack, tmp_path: Path) -> Iterator[dict[str, Any]]:
             "log": tmp_path / "traefik.log",
         }
     finally:
-        traefik.terminate()
-        try:
-            traefik.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            traefik.kill()
-            traefik.wait(timeout=5)
+        stop(traefik)
         log.close()
 
 
