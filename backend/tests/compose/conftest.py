@@ -42,6 +42,8 @@ STANDINS = [
     ("traefik.Dockerfile", "traefik:v3.7"),
     ("adminer.Dockerfile", "adminer:4"),
     ("mailpit.Dockerfile", "axllent/mailpit:v1.27"),
+    # Not a stand-in: Pebble for acme-pebble.yml only.
+    ("pebble.Dockerfile", "standin/pebble:2.4.0"),
 ]
 RECIPE_LABEL = "fastapi-sqlmodel.tests.recipe"
 SUPERUSER = ("admin@example.com", secrets.token_urlsafe(16))
@@ -306,7 +308,9 @@ def stack(
     for linked in ("docker-compose.yml", "docker-compose.override.yml", "backend",
                    "traefik"):  # fmt: skip
         (directory / linked).symlink_to(REPO / linked)
-    shutil.copy(HERE / ports_file, directory / ports_file)
+    for extra in [*files, ports_file]:  # this package's test-only files
+        if (HERE / extra).is_file():
+            shutil.copy(HERE / extra, directory / extra)
     write_env(directory, STACK_NAME=name, **env)
     project = Stack(engine, directory, name, files, ports_file)
     try:

@@ -2,9 +2,7 @@
 the files of ../traefik/dynamic) against Pebble, Let's Encrypt's test server,
 validating real HTTP-01 and TLS-ALPN-01 challenges on the proxy's ports."""
 
-import json
 import shutil
-import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -14,10 +12,17 @@ from pathlib import Path
 import bcrypt
 import httpx
 import pytest
-import trustme
 from cryptography import x509
 from sqlalchemy import URL
 
+from tests import acme
+from tests.acme import (
+    ISSUED,
+    PEBBLE_ENV,
+    dns_names,
+    pebble_root,
+    write_pebble_config,
+)
 from tests.conftest import free_port, wait_until
 from tests.stack.conftest import DOMAIN, Stack, new_stack, running, stop
 
@@ -35,7 +40,7 @@ class Pebble:
     tls_port: int  # and TLS-ALPN-01
 
     def issued(self) -> int:
-        return self.log.read_text().count("Issued certificate serial")
+        return self.log.read_text().count(ISSUED)
 
 
 @pytest.fixture(scope="module")
@@ -43,54 +48,28 @@ def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
     binary = shutil.which("pebble")
     assert binary, "no pebble: bash scripts/install-stack-tools.sh"
     tmp = tmp_path_factory.mktemp("pebble")
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
-    listener = ca.issue_cert("127.0.0.1", "localhost")
-    listener.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
-    listener.private_key_pem.write_to_path(str(tmp / "key.pem"))
     port, management_port = free_port(), free_port()
     http_port, tls_port = free_port(), free_port()
-    config = {
-        "pebble": {
-            "listenAddress": f"127.0.0.1:{port}",
-            "managementListenAddress": f"127.0.0.1:{management_port}",
-            "certificate": str(tmp / "cert.pem"),
-            "privateKey": str(tmp / "key.pem"),
-            "httpPort": http_port,
-            "tlsPort": tls_port,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
-        }
-    }
-    (tmp / "pebble.json").write_text(json.dumps(config))
+    write_pebble_config(
+        tmp,
+        ["127.0.0.1", "localhost"],
+        listen=f"127.0.0.1:{port}",
+        management=f"127.0.0.1:{management_port}",
+        http_port=http_port,
+        tls_port=tls_port,
+    )
     log = tmp / "pebble.log"
     with log.open("w") as out:
         process = subprocess.Popen(
             [binary, "-config", str(tmp / "pebble.json")],
             cwd=tmp,
-            # No random wait before validating, no nonce rejected at random, and
-            # every order validates its challenge anew (no authorization reuse).
-            env={
-                "PEBBLE_VA_NOSLEEP": "1",
-                "PEBBLE_WFE_NONCEREJECT": "0",
-                "PEBBLE_AUTHZREUSE": "0",
-            },
+            env=PEBBLE_ENV,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
-        verify = ssl.create_default_context(cafile=str(tmp / "ca.pem"))
-        with httpx.Client(verify=verify, timeout=5) as client:
-
-            def root() -> str | None:
-                try:
-                    return client.get(
-                        f"https://127.0.0.1:{management_port}/roots/0"
-                    ).text
-                except httpx.TransportError:
-                    return None
-
-            (tmp / "root.pem").write_text(wait_until(root, 10, "Pebble"))
+        root = pebble_root(f"https://127.0.0.1:{management_port}", tmp / "ca.pem")
+        (tmp / "root.pem").write_text(root)
         yield Pebble(
             directory=f"https://127.0.0.1:{port}/dir",
             listener_ca=tmp / "ca.pem",
@@ -134,29 +113,11 @@ def https_stack(
 
 
 def served_certificate(stack: Stack, context: ssl.SSLContext) -> x509.Certificate:
-    """The certificate the proxy serves for DOMAIN (the handshake verifies it with
-    `context`)."""
-    with (
-        socket.create_connection(("127.0.0.1", stack.https_port), timeout=5) as sock,
-        context.wrap_socket(sock, server_hostname=DOMAIN) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
+    return acme.served_certificate(stack.https_port, DOMAIN, context)
 
 
 def acme_certificate(stack: Stack, pebble: Pebble) -> x509.Certificate:
-    """The certificate from Pebble once Traefik serves it: its chain verifies against
-    Pebble's root and its name matches DOMAIN."""
-    context = ssl.create_default_context(cafile=str(pebble.root))
-
-    def verified() -> x509.Certificate | None:
-        try:
-            return served_certificate(stack, context)
-        except ssl.SSLCertVerificationError:
-            return None  # Traefik's default certificate, until the order is done
-
-    return wait_until(verified, 60, "a certificate from Pebble", interval=0.2)
+    return acme.acme_certificate(stack.https_port, DOMAIN, pebble.root)
 
 
 def line_with(text: str, log: str) -> str | None:
@@ -198,10 +159,7 @@ def test_tls_alpn_01_certificate_served_and_kept_across_restarts(
     with running(stack):
         certificate = acme_certificate(stack, pebble)
         assert pebble.issued() == issued + 1
-        names = certificate.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        ).value.get_values_for_type(x509.DNSName)
-        assert names == [DOMAIN]
+        assert dns_names(certificate) == [DOMAIN]
         acme_json = stack.state_dir / "acme.json"
         assert acme_json.stat().st_mode & 0o777 == 0o600
 
