@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # THE test command: installs what it needs, then runs the whole suite against
 # PostgreSQL and the database-dependent part again against SQLite (the stack,
-# compose, deploy, fuzz and fault tests run once: they check infrastructure,
+# compose, swarm, deploy, fuzz and fault tests run once: they check infrastructure,
 # fuzz a live server, or run a PostgreSQL cluster or a Docker Engine of their
 # own), with one coverage report that fails under 90%.
 # PostgreSQL comes from POSTGRES_SERVER/PORT/USER/PASSWORD/DB (default
@@ -28,6 +28,6 @@ uv run coverage run -m pytest "$@"
 echo "== SQLite =="
 DATABASE_URL="sqlite+aiosqlite:///$(mktemp -d)/app.db" \
     uv run coverage run -m pytest --ignore=tests/stack --ignore=tests/compose \
-    --ignore=tests/deploy --ignore=tests/fuzz --ignore=tests/faults "$@"
+    --ignore=tests/swarm --ignore=tests/deploy --ignore=tests/fuzz --ignore=tests/faults "$@"
 uv run coverage combine --quiet
 uv run coverage report

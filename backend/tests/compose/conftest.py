@@ -140,7 +140,10 @@ class HostNetwork:
 
     def restore(self) -> None:
         for link in set(os.listdir("/sys/class/net")) - self.links:
-            if link == "docker0" or link.startswith(("br-", "veth")):
+            # docker_gwbridge: `docker swarm init` (tests/swarm).
+            if link in ("docker0", "docker_gwbridge") or link.startswith(
+                ("br-", "veth")
+            ):
                 subprocess.run(["ip", "link", "del", link], capture_output=True)
         for table in ("filter", "nat"):
             rules = subprocess.run(
@@ -150,7 +153,9 @@ class HostNetwork:
             kept = "".join(
                 line + "\n"
                 for line in rules.splitlines()
-                if not any(m in line for m in ("DOCKER", "docker0", "br-"))
+                if not any(
+                    m in line for m in ("DOCKER", "docker0", "docker_gwbridge", "br-")
+                )
             )
             subprocess.run(
                 ["iptables-restore", "-T", table], input=kept, text=True, check=True
