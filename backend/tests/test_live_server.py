@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import URL
 
-from tests.conftest import free_port
+from tests.utils.servers import free_port
 
 BACKEND_DIR = Path(__file__).resolve().parents[1]
 SUPERUSER = ("live-admin@example.com", "live-admin-password")

@@ -14,7 +14,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.db import create_engine
 from app.models import User
-from tests.conftest import alembic_config
+from tests.utils.database import alembic_config
 
 VERSIONS_DIR = Path(__file__).resolve().parents[1] / "app" / "alembic" / "versions"
 

@@ -16,7 +16,7 @@ from app.backend_pre_start import wait_for_database
 from app.core.db import create_engine
 from app.initial_data import ensure_superuser
 from app.models import Role, User
-from tests.conftest import free_port
+from tests.utils.servers import free_port
 
 BACKEND_DIR = Path(__file__).resolve().parents[1]
 

@@ -27,7 +27,7 @@ from app.core.ratelimit import (
     storage_key,
 )
 from app.models import AuthAttempt, utcnow
-from tests.conftest import free_port
+from tests.utils.servers import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 LimiterPair = tuple[RateLimiter, RateLimiter]

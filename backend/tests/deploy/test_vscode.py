@@ -114,7 +114,7 @@ def debugpy_command(configuration: dict[str, Any], debug_port: int) -> list[str]
 
 
 def test_debug_backend_serves_the_api(tmp_path: Path) -> None:
-    from tests.conftest import free_port
+    from tests.utils.servers import free_port
 
     configuration = launch_configuration("Debug backend")
     args = configuration["args"]

@@ -1,5 +1,4 @@
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,31 +12,21 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import settings
 from app.models import User, utcnow
-from tests import factories
-from tests.api.helpers import probe_route
-from tests.conftest import auth_headers, free_port
-from tests.core.test_supabase import (
+from tests.utils import factories
+from tests.utils.api import auth_headers, bearer, probe_route
+from tests.utils.servers import free_port
+from tests.utils.supabase import (
     HS_SECRET,
     FakeSupabase,
     b64url,
     ec_key,
     raw_token,
     rsa_key,
-    serve_fake_supabase,
     session_cookie,
 )
 
 VERIFY = f"{settings.API_V1_STR}/auth/verify_supabase_token"
 ME = f"{settings.API_V1_STR}/auth/me"
-
-
-@pytest.fixture
-def fake_supabase(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSupabase]:
-    yield from serve_fake_supabase(monkeypatch)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def users_with_email(db: AsyncSession, email: str) -> int:

@@ -15,9 +15,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.core import ratelimit
 from app.core.config import settings
 from app.models import User, utcnow
-from tests import factories
-from tests.api.helpers import API, bearer, client_from, login
-from tests.conftest import SmtpSink
+from tests.utils import factories
+from tests.utils.api import API, bearer, client_from, login
+from tests.utils.smtp import SmtpSink
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/9"
 SIGNUP_PASSWORD = "signup-password-1"

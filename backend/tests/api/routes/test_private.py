@@ -7,8 +7,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.core.config import settings
 from app.core.security import password_hash
 from app.models import User
-from tests import factories
-from tests.api.helpers import probe_route
+from tests.utils import factories
+from tests.utils.api import probe_route
 
 PRIVATE_USERS = f"{settings.API_V1_STR}/private/users/"
 
