@@ -63,7 +63,7 @@ def serving(command: list[str], env: dict[str, str], log_path: Path) -> Iterator
                     if health.status_code == 200:
                         break
                 except httpx.TransportError:
-                    time.sleep(0.2)
+                    time.sleep(0.05)
             else:
                 pytest.fail(f"the server did not start: {log_path.read_text()}")
             yield

@@ -164,11 +164,12 @@ class TestFailedLogins:
     ) -> None:
         monkeypatch.setattr(settings, "LOGIN_FAILURE_WINDOW_SECONDS", 1)
         monkeypatch.setattr(settings, "LOGIN_MAX_FAILURES_PER_ACCOUNT", 2)
-        for _ in range(2):
-            await login(client, user.email, WRONG_PASSWORD)
-        assert (await login(client, user.email, WRONG_PASSWORD)).status_code == 429
-        await asyncio.sleep(1.1)  # the failures leave the window
-        response = await login(client, user.email, factories.DEFAULT_PASSWORD)
+        with time_machine.travel(utcnow(), tick=False) as clock:
+            for _ in range(2):
+                await login(client, user.email, WRONG_PASSWORD)
+            assert (await login(client, user.email, WRONG_PASSWORD)).status_code == 429
+            clock.shift(1.1)  # the failures leave the window
+            response = await login(client, user.email, factories.DEFAULT_PASSWORD)
         assert response.status_code == 200
 
 
