@@ -15,6 +15,9 @@ from sqlalchemy import URL
 
 from tests.utils.servers import free_port
 
+# Each test runs prestart.sh and a server of its own.
+pytestmark = pytest.mark.slow
+
 BACKEND_DIR = Path(__file__).resolve().parents[1]
 SUPERUSER = ("live-admin@example.com", "live-admin-password")
 

@@ -6,12 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import URL
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.db import create_engine
 from app.models import Role, User
+
+# Each test runs the scripts on a database of its own.
+pytestmark = pytest.mark.slow
 
 BACKEND_DIR = Path(__file__).resolve().parents[1]
 

@@ -215,6 +215,7 @@ async def test_verify_supabase_token_jwks_down(
     }
 
 
+@pytest.mark.slow  # imports the app in two fresh interpreters per path
 @pytest.mark.parametrize("path", [VERIFY, ME])
 def test_auth_routes_absent_when_not_configured(path: str) -> None:
     """Not a 5xx for a feature that is merely switched off: not mounted at all."""

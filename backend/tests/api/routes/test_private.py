@@ -111,6 +111,7 @@ class TestCreateUser:
         assert any(error["loc"][-1] == field for error in response.json()["detail"])
 
 
+@pytest.mark.slow  # imports the app in a fresh interpreter per test
 class TestPrivateRouterMounting:
     def test_private_router_absent_outside_local(self) -> None:
         probe = probe_route("POST", PRIVATE_USERS, ENVIRONMENT="production")
