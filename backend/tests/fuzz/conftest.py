@@ -26,9 +26,8 @@ from tests.utils.fuzz import (
     Identities,
     Identity,
     Server,
-    wait_until_up,
 )
-from tests.utils.servers import free_port
+from tests.utils.servers import answers, free_port, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +117,8 @@ def server(
         hide_password=False
     )
     try:
-        wait_until_up(f"{base_url}{API_PREFIX}/utils/health-check/", log_path)
+        health = f"{base_url}{API_PREFIX}/utils/health-check/"
+        wait_until(lambda: answers(health), 30, "gunicorn to start", log=log_path)
         with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as database:
             yield Server(base_url=base_url, database=database, log_path=log_path)
     finally:

@@ -23,7 +23,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.db import create_engine
 from app.initial_data import ensure_superuser
-from tests.utils.servers import free_port, wait_until
+from tests.utils.servers import answers, free_port, wait_until
 
 BACKEND_DIR = Path(__file__).resolve().parents[2]
 SUPERUSER = ("faults-admin@example.com", "faults-admin-password")
@@ -179,13 +179,6 @@ class Server:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 @contextmanager
 def serve(env: dict[str, str], tmp_path: Path) -> Iterator[Server]:
     """gunicorn as in production, answering its liveness check; stopped afterwards
@@ -206,7 +199,7 @@ def serve(env: dict[str, str], tmp_path: Path) -> Iterator[Server]:
         wait_until(
             lambda: (
                 process.poll() is not None
-                or _answers(f"{server.url}/api/v1/utils/health-check/")
+                or answers(f"{server.url}/api/v1/utils/health-check/")
             ),
             STARTUP_TIMEOUT,
             "gunicorn to answer",

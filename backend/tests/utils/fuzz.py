@@ -2,7 +2,6 @@
 workers over real HTTP), the identities the fuzzer acts as, kept usable whatever
 the fuzzed requests do to them, and the run's tally."""
 
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +9,6 @@ from typing import Any
 
 import httpx
 import psycopg
-import pytest
 from psycopg import sql
 from schemathesis.errors import FailureGroup
 
@@ -80,17 +78,6 @@ class Server:
     @property
     def schema_url(self) -> str:
         return f"{self.api_url}/openapi.json"
-
-
-def wait_until_up(url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    pytest.fail(f"gunicorn did not start: {log_path.read_text()}")
 
 
 @dataclass

@@ -3,8 +3,10 @@
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import pytest
 from httpx import Client
 
@@ -19,17 +21,31 @@ def free_port() -> int:
 
 
 def wait_until(
-    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05
+    probe: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    log: Path | None = None,
 ) -> T:
-    """Poll `probe` until it returns something other than None or False."""
+    """Poll `probe` until it returns something other than None or False; on a
+    timeout, fail with the text of `log` (a server's output, say)."""
     deadline = time.monotonic() + timeout
     while True:
         result = probe()
         if result is not None and result is not False:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            output = f":\n{log.read_text()}" if log else ""
+            pytest.fail(f"timed out after {timeout} s waiting for {what}{output}")
         time.sleep(interval)
+
+
+def answers(url: str) -> bool:
+    """Whether a GET of `url` answers 200 (a health check, say)."""
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def live_login(client: Client, email: str, password: str) -> dict[str, str]:
