@@ -17,7 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.db import create_engine
 from app.models import User
-from tests.conftest import alembic_config
+from tests.utils.database import alembic_config
 
 BACKEND_DIR = Path(__file__).resolve().parents[1]
 VERSIONS_DIR = BACKEND_DIR / "app" / "alembic" / "versions"
