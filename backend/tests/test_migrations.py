@@ -155,6 +155,7 @@ def _prestarts(url: URL, count: int) -> list[subprocess.CompletedProcess[str]]:
     ]
 
 
+@pytest.mark.slow  # starts 13 interpreters
 @pytest.mark.parametrize("starts", [3, 10])
 async def test_concurrent_starts_migrate_once(
     scratch_database_url: URL, starts: int
