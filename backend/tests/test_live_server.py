@@ -14,7 +14,10 @@ import httpx
 import pytest
 from sqlalchemy import URL
 
-from tests.conftest import free_port, wait_until
+from tests.utils.servers import answers, free_port, wait_until
+
+# Each test runs prestart.sh and a server of its own.
+pytestmark = pytest.mark.slow
 
 BACKEND_DIR = Path(__file__).resolve().parents[1]
 SUPERUSER = ("live-admin@example.com", "live-admin-password")
@@ -57,16 +60,8 @@ def serving(command: list[str], env: dict[str, str], log_path: Path) -> Iterator
             command, cwd=BACKEND_DIR, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    health = httpx.get(f"{base_url}/api/v1/utils/health-check/")
-                    if health.status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
-            else:
-                pytest.fail(f"the server did not start: {log_path.read_text()}")
+            health = f"{base_url}/api/v1/utils/health-check/"
+            wait_until(lambda: answers(health), 30, "the server to start", log=log_path)
             yield
         finally:
             server.terminate()
@@ -262,9 +257,3 @@ def test_start_script_migrates_serves_and_drains_before_stopping(
     assert time.monotonic() - sent >= 2
     assert not answers(health)
 
-
-def answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False

@@ -4,17 +4,15 @@ the Dockerfile's command, the compose file's proxy flags and backend labels.
 tests/swarm/ deploys it on a real swarm."""
 
 import json
-import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.deploy.test_compose import COMPOSE_BINARY, REPO, env_file_with, run_compose
+from tests.utils.compose_config import REPO, config, env_file_with, run_compose
 
-STACK = REPO / "deploy" / "swarm" / "stack.yml"
+STACK = "deploy/swarm/stack.yml"
 # What `docker stack deploy` needs from the shell (it does not read .env).
 REQUIRED = ("FIRST_SUPERUSER", "ACME_EMAIL", "DOMAIN")
 SECRETS = ("SECRET_KEY", "POSTGRES_PASSWORD", "FIRST_SUPERUSER_PASSWORD")
@@ -26,31 +24,16 @@ SWARM_FLAGS = {
 }
 
 
-def stack_config(env_file: Path) -> subprocess.CompletedProcess[str]:
-    """As `docker stack deploy` reads it: paths relative to the file's own
-    directory, variables from the shell (here .env, as `set -a; . ./.env`)."""
-    return subprocess.run(
-        [str(COMPOSE_BINARY), "-f", str(STACK), "--env-file", str(env_file),
-         "config", "--format", "json"],
-        capture_output=True, text=True, timeout=60,
-        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")},
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def stack() -> dict[str, Any]:
-    result = stack_config(REPO / ".env")
-    assert result.returncode == 0, result.stderr
-    parsed: dict[str, Any] = json.loads(result.stdout)
-    return parsed
+    """As `docker stack deploy` reads it: paths relative to the file's own
+    directory, variables from the shell (here .env's, as after `set -a; . .env`)."""
+    return config(STACK, env_file=REPO / ".env", project_directory=None)
 
 
 @pytest.fixture(scope="module")
 def compose_file() -> dict[str, Any]:
-    result = run_compose("docker-compose.yml")
-    assert result.returncode == 0, result.stderr
-    parsed: dict[str, Any] = json.loads(result.stdout)
-    return parsed
+    return config("docker-compose.yml")
 
 
 def dockerfile_cmd() -> list[str]:
@@ -132,8 +115,8 @@ def test_proxy_reads_the_repo_routing_files(stack: dict[str, Any]) -> None:
         f"/etc/traefik/dynamic/{path.name}"
         for path in (REPO / "traefik" / "dynamic").glob("*.yml")
     }
-    for config in stack["configs"].values():
-        assert config["file"].startswith(str(REPO / "traefik" / "dynamic"))
+    for swarm_config in stack["configs"].values():
+        assert swarm_config["file"].startswith(str(REPO / "traefik" / "dynamic"))
 
 
 def test_one_database_with_its_volume_never_two_at_once(
@@ -148,6 +131,8 @@ def test_one_database_with_its_volume_never_two_at_once(
 
 @pytest.mark.parametrize("variable", REQUIRED)
 def test_required_variable_missing_fails(variable: str, tmp_path: Path) -> None:
-    result = stack_config(env_file_with(tmp_path, variable, None))
+    result = run_compose(
+        STACK, env_file=env_file_with(tmp_path, variable, None), project_directory=None
+    )
     assert result.returncode != 0
     assert variable in result.stderr

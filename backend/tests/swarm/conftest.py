@@ -1,30 +1,28 @@
-"""Docker Swarm on the compose tests' own engine (tests/compose/conftest.py):
-a single-node swarm, the backend image built as the README says, the stack of
-deploy/swarm/stack.yml deployed with `docker stack deploy`; all of it removed
-afterwards and the engine left as it was found (no swarm)."""
+"""Fixtures of the Swarm tests: the compose tests' kind of Docker Engine, in
+swarm mode, with the stack deployed. Helpers are in tests/utils/swarm.py."""
 
-import secrets
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 
-from tests.compose.conftest import REPO, SUPERUSER, Engine, engine, run
-from tests.conftest import wait_until
+from tests.utils.compose import Engine, running_engine
+from tests.utils.swarm import NUMBERS, Swarm, init, remove
 
-__all__ = ["engine"]  # the compose tests' fixture: dockerd with the stand-ins
 
-NAME = "fsm"  # the stack: services fsm_backend, fsm_db, fsm_proxy...
-STACK_FILE = REPO / "deploy" / "swarm" / "stack.yml"
-IMAGE = "fsm-swarm-backend"
-PORTS = {"HTTP_PORT": "28080", "HTTPS_PORT": "28443", "ADMINER_PORT": "28081"}
-HTTPS = f"https://localhost:{PORTS['HTTPS_PORT']}"
-ADMINER = f"https://localhost:{PORTS['ADMINER_PORT']}"
-HEALTH = f"{HTTPS}/api/v1/utils/health-check/"
-# What each deploy and update measured: printed at the end of the run.
-NUMBERS: list[str] = []
+@pytest.fixture(scope="package")
+def engine() -> Iterator[Engine]:
+    with running_engine() as engine:
+        yield engine
+
+
+@pytest.fixture(scope="package")
+def swarm(engine: Engine) -> Iterator[Swarm]:
+    try:
+        swarm = init(engine)
+        swarm.deploy("1")
+        yield swarm
+    finally:
+        remove(engine)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -32,118 +30,3 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("docker swarm")
         for line in NUMBERS:
             terminalreporter.line(line)
-
-
-@dataclass
-class Swarm:
-    engine: Engine
-    env: dict[str, str] = field(default_factory=dict)  # what the shell exports
-
-    def deploy(self, tag: str) -> subprocess.CompletedProcess[str]:
-        """The README's command: images are local, no registry to resolve."""
-        return run(
-            ["docker", "stack", "deploy", "-c", str(STACK_FILE),
-             "--resolve-image", "never", NAME],
-            {**self.engine.env, **self.env, "TAG": tag},
-            timeout=120,
-        )  # fmt: skip
-
-    def service(self, name: str) -> dict[str, Any]:
-        return self.engine.inspect("service", f"{NAME}_{name}")
-
-    def running_tasks(self, name: str) -> list[dict[str, str]]:
-        """Running tasks of a service: their container and image."""
-        lines = self.engine.docker(
-            "service", "ps", f"{NAME}_{name}", "--no-trunc",
-            "--filter", "desired-state=running",
-            "--format", "{{.ID}} {{.Image}} {{.CurrentState}}",
-        ).stdout.splitlines()  # fmt: skip
-        tasks = []
-        for line in lines:
-            task_id, image, state = line.split(" ", 2)
-            if state.startswith("Running"):
-                tasks.append({"id": task_id, "image": image})
-        return tasks
-
-    def containers(self, name: str) -> list[str]:
-        """Containers of a service still alive (old ones draining included)."""
-        return self.engine.docker(
-            "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={NAME}_{name}"
-        ).stdout.split()
-
-    def converged(self, name: str, replicas: int) -> bool:
-        return (
-            len(self.running_tasks(name)) == replicas
-            and len(self.containers(name)) == replicas
-        )
-
-
-def build_images(engine: Engine) -> None:
-    """Release 1 as the README builds it, release 2 (the same code, a new
-    image), and a broken release whose API moved (its health check fails)."""
-    env = {**engine.env, "DOCKER_IMAGE_BACKEND": IMAGE, "TAG": "1"}
-    run(["docker", "compose", "-f", "docker-compose.yml", "build", "backend"],
-        env, timeout=900, cwd=REPO)  # fmt: skip
-    for tag, change in (("2", "LABEL release=2"), ("broken", "ENV API_V1_STR=/api/v2")):
-        subprocess.run(
-            ["docker", "build", "--quiet", "-t", f"{IMAGE}:{tag}", "-"],
-            input=f"FROM {IMAGE}:1\n{change}\n", env=engine.env,
-            capture_output=True, text=True, timeout=120, check=True,
-        )  # fmt: skip
-
-
-def create_secrets(engine: Engine) -> dict[str, str]:
-    values = {
-        "secret_key": secrets.token_urlsafe(32),
-        "postgres_password": secrets.token_urlsafe(32),
-        "first_superuser_password": SUPERUSER[1],
-    }
-    for name, value in values.items():
-        subprocess.run(
-            ["docker", "secret", "create", name, "-"], input=value,
-            env=engine.env, capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-    return values
-
-
-def leave(engine: Engine) -> None:
-    """Out of swarm mode, and the bridge `swarm init` made removed with it."""
-    engine.docker("swarm", "leave", "--force", check=False, timeout=120)
-    engine.docker("network", "rm", "docker_gwbridge", check=False)
-
-
-@pytest.fixture(scope="package")
-def swarm(engine: Engine) -> Iterator[Swarm]:
-    leave(engine)  # a swarm a crashed run left in the engine's data root
-    # One node: advertise loopback (a host with several addresses needs one).
-    engine.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
-    try:
-        build_images(engine)
-        create_secrets(engine)
-        swarm = Swarm(engine, env={
-            "FIRST_SUPERUSER": SUPERUSER[0],
-            "DOMAIN": "localhost",
-            "ACME_EMAIL": "admin@example.com",
-            "FRONTEND_HOST": "https://localhost",
-            "DOCKER_IMAGE_BACKEND": IMAGE,
-            **PORTS,
-        })  # fmt: skip
-        swarm.deploy("1")
-        yield swarm
-    finally:
-        remove(engine)
-
-
-def remove(engine: Engine) -> None:
-    engine.docker("stack", "rm", NAME, check=False, timeout=120)
-    wait_until(
-        lambda: (
-            not engine.docker(
-                "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={NAME}"
-            ).stdout.split()
-        ),
-        timeout=120,
-        what="the stack's containers to go",
-        interval=1,
-    )
-    leave(engine)

@@ -1,106 +1,33 @@
 """deploy/swarm/stack.yml on a real single-node swarm, under a steady write
 load through Traefik: a rolling update, an update that fails its health check
-and rolls back by itself, a replica killed. Each prints its numbers (`-s`)."""
+and rolls back by itself, a replica killed. Their numbers are printed at the
+end of the run ("docker swarm")."""
 
-import threading
+import asyncio
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.compose.conftest import SUPERUSER
-from tests.conftest import live_login, wait_until
-from tests.swarm.conftest import ADMINER, HEALTH, HTTPS, IMAGE, NAME, NUMBERS, Swarm
+from tests.utils.compose import SUPERUSER
+from tests.utils.servers import live_login, wait_until
+from tests.utils.swarm import ADMINER, HEALTH, HTTPS, IMAGE, NAME, NUMBERS, Swarm
+from tests.utils.write_load import Write, WriteLoad, stored_problems
 
 WRITERS = 2
-LOAD_LIMIT = 600.0  # seconds: a load stops by itself at the latest after this
-IN_FLIGHT = 3.0  # seconds after a replica is killed in which requests may fail
 SETTLE = 3.0  # seconds of load before and after each change
-UPDATE_DONE = {"completed", "paused", "rollback_completed", "rollback_paused"}
+IN_FLIGHT = 3.0  # seconds after a replica is killed in which requests may fail
+UPDATE_ENDED = {"completed", "paused", "rollback_completed", "rollback_paused"}
 
 
-@dataclass(frozen=True)
-class Write:
-    started: float
-    seconds: float
-    item_id: str | None  # None: no acknowledgement
-    outcome: str  # status code or error
-
-
-class Load:
-    """WRITERS threads posting items through Traefik until the block ends."""
-
-    def __init__(self, headers: dict[str, str]) -> None:
-        self.headers = headers
-        self.title = f"load-{uuid.uuid4().hex[:12]}"
-        self.writes: list[Write] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._write) for _ in range(WRITERS)]
-
-    def __enter__(self) -> "Load":
-        for thread in self._threads:
-            thread.start()
-        time.sleep(SETTLE)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        time.sleep(SETTLE)
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-    def _write(self) -> None:
-        deadline = time.monotonic() + LOAD_LIMIT
-        with httpx.Client(base_url=HTTPS, verify=False, timeout=10) as client:
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                started = time.monotonic()
-                try:
-                    answer = client.post(
-                        "/api/v1/items/",
-                        json={"title": self.title},
-                        headers=self.headers,
-                    )
-                    ok = answer.status_code == 200
-                    item_id = answer.json()["id"] if ok else None
-                    outcome = str(answer.status_code)
-                except httpx.HTTPError as error:
-                    item_id, outcome = None, repr(error)
-                write = Write(started, time.monotonic() - started, item_id, outcome)
-                with self._lock:
-                    self.writes.append(write)
-
-    @property
-    def failed(self) -> list[Write]:
-        return [w for w in self.writes if w.item_id is None]
-
-    def lost(self, client: httpx.Client) -> set[str]:
-        """Acknowledged items the database does not have."""
-        stored: set[str] = set()
-        skip = 0
-        while page := client.get(
-            "/api/v1/items/", params={"skip": skip, "limit": 100}, headers=self.headers
-        ).json()["data"]:
-            stored |= {item["id"] for item in page if item["title"] == self.title}
-            skip += len(page)
-        return {w.item_id for w in self.writes if w.item_id} - stored
-
-    def report(self, what: str, lost: set[str], **timings: float) -> None:
-        latencies = sorted(w.seconds for w in self.writes)
-        numbers = {
-            "requests": len(self.writes),
-            "failed": len(self.failed),
-            "acknowledged": len(self.writes) - len(self.failed),
-            "lost": len(lost),
-            "p50_ms": round(1000 * latencies[len(latencies) // 2]),
-            "max_ms": round(1000 * latencies[-1]),
-            **{name: round(seconds, 1) for name, seconds in timings.items()},
-        }
-        NUMBERS.append(f"{what}: {numbers}")
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, verify=False, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -118,15 +45,8 @@ def deployed(swarm: Swarm) -> Swarm:
     return swarm
 
 
-def answers(url: str) -> bool:
-    try:
-        return httpx.get(url, verify=False, timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.fixture(scope="module")
-def client(deployed: Swarm) -> Iterator[httpx.Client]:  # noqa: ARG001 (order)
+def client(deployed: Swarm) -> Iterator[httpx.Client]:  # noqa: ARG001 (once deployed)
     with httpx.Client(base_url=HTTPS, verify=False, timeout=10) as client:
         yield client
 
@@ -134,6 +54,38 @@ def client(deployed: Swarm) -> Iterator[httpx.Client]:  # noqa: ARG001 (order)
 @pytest.fixture(scope="module")
 def headers(client: httpx.Client) -> dict[str, str]:
     return live_login(client, *SUPERUSER)
+
+
+async def under_load(
+    swarm: Swarm,
+    headers: dict[str, str],
+    what: str,
+    change: Callable[[], dict[str, float]],
+) -> list[Write]:
+    """WRITERS writers creating items through Traefik while `change` runs (in
+    a thread); its timings and the load's numbers go to NUMBERS as `what`."""
+    swarm.psql("DELETE FROM items")  # titles restart at load-0-0
+    async with httpx.AsyncClient(base_url=HTTPS, verify=False, timeout=10) as client:
+        load = WriteLoad(client, headers, WRITERS)
+        load.start()
+        await asyncio.sleep(SETTLE)
+        timings = await asyncio.to_thread(change)
+        await asyncio.sleep(SETTLE)
+        writes = await load.stop()
+    stored = dict(swarm.psql("SELECT title, id FROM items"))
+    latencies = sorted(w.seconds for w in writes)
+    numbers = {
+        "requests": len(writes),
+        "failed": sum(not w.ok for w in writes),
+        "acknowledged": sum(w.ok for w in writes),
+        "lost": len({w.title for w in writes if w.ok} - stored.keys()),
+        "p50_ms": round(1000 * latencies[len(latencies) // 2]),
+        "max_ms": round(1000 * latencies[-1]),
+        **{name: round(seconds, 1) for name, seconds in timings.items()},
+    }
+    NUMBERS.append(f"{what}: {numbers}")
+    assert not stored_problems(writes, stored), stored_problems(writes, stored)
+    return writes
 
 
 def update(swarm: Swarm, tag: str) -> dict[str, Any]:
@@ -145,9 +97,19 @@ def update(swarm: Swarm, tag: str) -> dict[str, Any]:
     def ended() -> dict[str, Any] | None:
         status: dict[str, Any] = swarm.service("backend").get("UpdateStatus") or {}
         new = status.get("StartedAt") != before.get("StartedAt")
-        return status if new and status.get("State") in UPDATE_DONE else None
+        return status if new and status.get("State") in UPDATE_ENDED else None
 
     return wait_until(ended, timeout=300, what=f"the update to {tag}", interval=1)
+
+
+def service_image(swarm: Swarm) -> str:
+    spec = swarm.service("backend")["Spec"]
+    image: str = spec["TaskTemplate"]["ContainerSpec"]["Image"]
+    return image
+
+
+def running_images(swarm: Swarm) -> set[str]:
+    return {task["image"] for task in swarm.running_tasks("backend")}
 
 
 def replicas_serving(swarm: Swarm, client: httpx.Client) -> set[str]:
@@ -155,9 +117,7 @@ def replicas_serving(swarm: Swarm, client: httpx.Client) -> set[str]:
     task's gunicorn access log (`docker service logs` names the task)."""
     probes = [uuid.uuid4().hex for _ in range(20)]
     for probe in probes:
-        assert (
-            client.get(f"/api/v1/utils/health-check/?probe={probe}").status_code == 200
-        )
+        assert client.get(f"/api/v1/utils/health-check/?probe={probe}").is_success
     logs = swarm.engine.docker("service", "logs", f"{NAME}_backend")
     served = {
         probe: line.split("|", 1)[0].strip()
@@ -165,7 +125,7 @@ def replicas_serving(swarm: Swarm, client: httpx.Client) -> set[str]:
         for probe in probes
         if probe in line
     }
-    return set(served.values()) if set(served) == set(probes) else set()
+    return set(served.values()) if served.keys() == set(probes) else set()
 
 
 def test_traefik_routes_to_both_replicas_and_secrets_are_files(
@@ -177,23 +137,26 @@ def test_traefik_routes_to_both_replicas_and_secrets_are_files(
         what="Traefik to route to both replicas",
         interval=1,
     )
-    me = client.get("/api/v1/users/me", headers=headers)  # the superuser's password
-    assert me.json()["email"] == SUPERUSER[0]  # came from its Docker secret
+    # The superuser's password and the database's came from Docker secrets.
+    assert (
+        client.get("/api/v1/users/me", headers=headers).json()["email"]
+        == (SUPERUSER[0])
+    )
     container = deployed.containers("backend")[0]
     env = deployed.engine.docker("exec", container, "env").stdout.splitlines()
     assert "SECRET_KEY_FILE=/run/secrets/secret_key" in env
-    assert not [
-        line for line in env if line.startswith(("SECRET_KEY=", "POSTGRES_PASSWORD="))
-    ]
-    assert httpx.get(ADMINER, verify=False, timeout=10).status_code == 200
+    assert not [v for v in env if v.startswith(("SECRET_KEY=", "POSTGRES_PASSWORD="))]
+    assert answers(ADMINER)
 
 
-def test_rolling_update_fails_no_request_and_loses_no_write(
-    deployed: Swarm, client: httpx.Client, headers: dict[str, str]
+async def test_rolling_update_fails_no_request_and_loses_no_write(
+    deployed: Swarm, headers: dict[str, str]
 ) -> None:
-    with Load(headers) as load:
+    ended: dict[str, Any] = {}
+
+    def change() -> dict[str, float]:
         started = time.monotonic()
-        status = update(deployed, "2")
+        ended.update(update(deployed, "2"))
         updated = time.monotonic()
         wait_until(
             lambda: deployed.converged("backend", 2),
@@ -201,29 +164,27 @@ def test_rolling_update_fails_no_request_and_loses_no_write(
             what="the old replicas to stop",
             interval=1,
         )
-        drained = time.monotonic()
-    lost = load.lost(client)
-    load.report(
-        "rolling update to release 2",
-        lost,
-        update_s=updated - started,
-        old_replicas_gone_s=drained - started,
-    )
-    assert status["State"] == "completed", status
-    assert load.failed == []
-    assert lost == set()
-    assert len(load.writes) > 50
-    images = {task["image"] for task in deployed.running_tasks("backend")}
-    assert images == {f"{IMAGE}:2"}
+        return {
+            "update_s": updated - started,
+            "old_replicas_gone_s": time.monotonic() - started,
+        }
+
+    writes = await under_load(deployed, headers, "rolling update to release 2", change)
+    assert ended["State"] == "completed", ended
+    assert [w for w in writes if not w.ok] == []
+    assert len(writes) > 50
+    assert running_images(deployed) == {f"{IMAGE}:2"}
 
 
-def test_update_failing_its_health_check_rolls_back_by_itself(
-    deployed: Swarm, client: httpx.Client, headers: dict[str, str]
+async def test_update_failing_its_health_check_rolls_back_by_itself(
+    deployed: Swarm, headers: dict[str, str]
 ) -> None:
-    spec_image = service_image(deployed)
-    with Load(headers) as load:
+    before = service_image(deployed)
+    ended: dict[str, Any] = {}
+
+    def change() -> dict[str, float]:
         started = time.monotonic()
-        status = update(deployed, "broken")
+        ended.update(update(deployed, "broken"))
         rolled_back = time.monotonic()
         wait_until(
             lambda: deployed.converged("backend", 2),
@@ -231,30 +192,26 @@ def test_update_failing_its_health_check_rolls_back_by_itself(
             what="2 replicas of the release before",
             interval=1,
         )
-    lost = load.lost(client)
-    load.report("update to a broken release", lost, rolled_back_s=rolled_back - started)
-    NUMBERS.append(f"  Swarm: {status.get('Message')}")
-    assert status["State"] == "rollback_completed", status
-    assert service_image(deployed) == spec_image
-    assert load.failed == []
-    assert lost == set()
-    images = {task["image"] for task in deployed.running_tasks("backend")}
-    assert images == {spec_image.split("@")[0]}
+        return {"rolled_back_s": rolled_back - started}
+
+    writes = await under_load(
+        deployed, headers, "update failing its health check", change
+    )
+    NUMBERS.append(f"  Swarm said: {ended.get('Message')}")
+    assert ended["State"] == "rollback_completed", ended
+    assert service_image(deployed) == before
+    assert running_images(deployed) == {before}
+    assert [w for w in writes if not w.ok] == []
 
 
-def service_image(swarm: Swarm) -> str:
-    image: str = swarm.service("backend")["Spec"]["TaskTemplate"]["ContainerSpec"][
-        "Image"
-    ]
-    return image
-
-
-def test_killed_replica_is_replaced(
-    deployed: Swarm, client: httpx.Client, headers: dict[str, str]
+async def test_killed_replica_is_replaced(
+    deployed: Swarm, headers: dict[str, str]
 ) -> None:
-    with Load(headers) as load:
+    killed: list[float] = []
+
+    def change() -> dict[str, float]:
         victim = deployed.containers("backend")[0]
-        killed_at = time.monotonic()
+        killed.append(time.monotonic())
         deployed.engine.docker("kill", victim)
         wait_until(
             lambda: (
@@ -265,16 +222,15 @@ def test_killed_replica_is_replaced(
             what="Swarm to replace the killed replica",
             interval=0.5,
         )
-        restored = time.monotonic()
-    lost = load.lost(client)
-    load.report("replica killed", lost, restored_s=restored - killed_at)
-    # Requests the killed replica had started die with it (a 502 or a closed
-    # connection); they are not re-sent (not idempotent). Later ones go to the
-    # other replica (Traefik's retry middleware, then its next look at Swarm).
-    in_flight_failures = ("502", "RemoteProtocolError('Server disconnected")
+        return {"replaced_s": time.monotonic() - killed[0]}
+
+    writes = await under_load(deployed, headers, "a replica killed", change)
+    # Requests the killed replica had started die with it (a 502, or the
+    # connection closed); they are not re-sent (not idempotent). Later ones go
+    # to the other replica (Traefik's retry middleware, then its next poll).
+    failed = [w for w in writes if not w.ok]
     assert all(
-        w.outcome.startswith(in_flight_failures)
-        and killed_at - 1 <= w.started <= killed_at + IN_FLIGHT
-        for w in load.failed
-    ), (killed_at, load.failed)
-    assert lost == set()
+        (w.status == 502 or w.error == "RemoteProtocolError")
+        and killed[0] - 1 <= w.started <= killed[0] + IN_FLIGHT
+        for w in failed
+    ), (killed, failed)
