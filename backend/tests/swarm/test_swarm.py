@@ -20,6 +20,8 @@ from tests.utils.write_load import Write, WriteLoad, stored_problems
 WRITERS = 2
 SETTLE = 3.0  # seconds of load before and after each change
 IN_FLIGHT = 3.0  # seconds after a replica is killed in which requests may fail
+# Traefik's dialTimeout: a write this slow waited on a replica already gone.
+DIAL_TIMEOUT = 2.0
 UPDATE_ENDED = {"completed", "paused", "rollback_completed", "rollback_paused"}
 
 
@@ -173,6 +175,10 @@ async def test_rolling_update_fails_no_request_and_loses_no_write(
     assert ended["State"] == "completed", ended
     assert [w for w in writes if not w.ok] == []
     assert len(writes) > 50
+    # Traefik dropped each old replica while it still served (Swarm polled
+    # every 2 s, DRAIN_SECONDS): no write went to one already gone.
+    slowest = max(writes, key=lambda w: w.seconds)
+    assert slowest.seconds < DIAL_TIMEOUT, slowest
     assert running_images(deployed) == {f"{IMAGE}:2"}
 
 
