@@ -256,4 +256,3 @@ def test_start_script_migrates_serves_and_drains_before_stopping(
             server.kill()
     assert time.monotonic() - sent >= 2
     assert not answers(health)
-
