@@ -168,6 +168,29 @@ def _window(rule: Rule) -> timedelta:
 # ascending position (count - limit) has left it: both backends read just that one.
 
 
+def longest_window_seconds() -> int:
+    """Events older than this count under no rule."""
+    return max(
+        settings.LOGIN_FAILURE_WINDOW_SECONDS,
+        settings.EMAIL_REQUEST_WINDOW_SECONDS,
+        settings.EMAIL_COOLDOWN_SECONDS,
+        settings.SIGNUP_WINDOW_SECONDS,
+    )
+
+
+async def delete_expired_attempts(session: AsyncSession, *, now: datetime) -> int:
+    """Delete the rows of auth_attempts older than every window (a periodic job:
+    `attempt` prunes only a batch at a time); commits, returns their number."""
+    deleted = await session.exec(
+        delete(AuthAttempt).where(
+            col(AuthAttempt.attempted_at)
+            <= now - timedelta(seconds=longest_window_seconds())
+        )
+    )
+    await session.commit()
+    return int(deleted.rowcount)
+
+
 class DatabaseRateLimiter:
     """Events as rows of auth_attempts, in (and committing) the caller's session."""
 
@@ -219,13 +242,7 @@ class DatabaseRateLimiter:
         # Keys never seen again: a bounded batch of the oldest rows, on the
         # attempted_at index. SKIP LOCKED (PostgreSQL; SQLite has no row locks and
         # serialises writers) lets concurrent attempts prune without waiting or deadlocks.
-        longest = max(
-            rule.window_seconds,
-            settings.LOGIN_FAILURE_WINDOW_SECONDS,
-            settings.EMAIL_REQUEST_WINDOW_SECONDS,
-            settings.EMAIL_COOLDOWN_SECONDS,
-            settings.SIGNUP_WINDOW_SECONDS,
-        )
+        longest = max(rule.window_seconds, longest_window_seconds())
         expired = (
             select(AuthAttempt.id)
             .where(col(AuthAttempt.attempted_at) <= now - timedelta(seconds=longest))
