@@ -281,11 +281,11 @@ async def deliver(email: Email, *, message_id: str | None = None) -> bool:
     return True
 
 
-async def send_email(email: Email) -> bool:
+async def send_email(email: Email, *, message_id: str | None = None) -> bool:
     """Deliver one email (see `deliver`); failures are logged, never raised."""
     bug: Exception | None = None
     try:
-        return await deliver(email)
+        return await deliver(email, message_id=message_id)
     except EmailNotSent as exc:
         failure = "transient failure" if exc.transient else "permanent failure"
         attempts, description = exc.attempts, str(exc)

@@ -118,7 +118,11 @@ async def _send(build: EmailBuilder, *, job_key: str, request_id: str) -> None:
     try:
         async with sessions() as session:
             email = await build(session)
-        if email is not None:
+        if email is None:
+            return
+        if in_process:  # no queue to retry later: failures are logged
+            await emails.send_email(email, message_id=message_id(job_key))
+        else:
             await emails.deliver(email, message_id=message_id(job_key))
     finally:
         request_id_var.reset(token)
@@ -238,6 +242,14 @@ async def defer(
     await task.configure(connection=connection.driver_connection).defer_async(**kwargs)
     # Written outside the ORM: the request's end must not commit it alone.
     db.mark_written(session)
+
+
+async def send_soon(
+    session: AsyncSession, task: Task[Any, Any, Any], **kwargs: Any
+) -> None:
+    """Defer `task` and commit: for a job that no other change comes with."""
+    await defer(session, task, **kwargs)
+    await session.commit()
 
 
 # In process (SQLite)

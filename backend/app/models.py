@@ -375,5 +375,18 @@ class SupabaseExchange(SQLModel):
     expires_in: int
 
 
+class JobCounts(SQLModel):
+    """Background jobs by status (procrastinate's statuses)."""
+
+    todo: int = 0
+    doing: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    aborted: int = 0
+    # True without PostgreSQL: jobs run in the API's process, none are counted.
+    in_process: bool = False
+
+
 class AuthMe(SQLModel):
     user: AuthUser

@@ -281,7 +281,6 @@ async def too_many_attempts(_request: Request, exc: Exception) -> JSONResponse:
         status_code=TooManyRequests.status,
         content={"detail": detail},
         headers={"Retry-After": str(exc.retry_after)},
-        background=exc.background,
     )
 
 

@@ -22,7 +22,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import ColumnElement
 from sqlmodel import col, delete, func, insert, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from starlette.background import BackgroundTask
 
 from app.core.config import settings
 from app.models import AuthAttempt, utcnow
@@ -45,9 +44,6 @@ class TooManyAttempts(Exception):
         super().__init__(f"Too many attempts; retry after {retry_after} seconds")
         self.rule = rule
         self.retry_after = retry_after
-        # Run after the 429 is sent (a route's BackgroundTasks are dropped with
-        # its exception): e.g. warning an account's owner.
-        self.background: BackgroundTask | None = None
 
 
 class RateLimiter(Protocol):
