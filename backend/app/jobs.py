@@ -233,13 +233,16 @@ async def defer(
     """Enqueue `task(**kwargs)` in the session's transaction: it runs once the
     transaction commits, and never if it rolls back. The caller commits."""
     kwargs |= {"job_key": uuid.uuid4().hex, "request_id": request_id_var.get()}
+    connection = await session.connection()  # begins the transaction, if none
     if in_process:
         _run_after_commit(session, task.name, lambda: task.func(**kwargs))
         return
     # procrastinate's documented way to defer within a transaction of ours: its
     # INSERT on the psycopg connection under the session.
-    connection = await (await session.connection()).get_raw_connection()
-    await task.configure(connection=connection.driver_connection).defer_async(**kwargs)
+    raw_connection = await connection.get_raw_connection()
+    await task.configure(connection=raw_connection.driver_connection).defer_async(
+        **kwargs
+    )
     # Written outside the ORM: the request's end must not commit it alone.
     db.mark_written(session)
 

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import jobs
+from app.core import db
 from app.core.config import settings
 from tests import factories
 from tests.jobs.conftest import Sessions
@@ -68,6 +69,18 @@ async def test_a_rolled_back_transaction_leaves_no_job(sessions: Sessions) -> No
     async with sessions() as session:
         await jobs.defer(session, jobs.send_test_email, email="a@example.com")
         # Closed without a commit, like a request that failed after deferring.
+
+    assert await queued(sessions) == []
+
+
+async def test_a_request_that_ends_without_commit_leaves_no_job(
+    sessions: Sessions,
+) -> None:
+    """The request's session ends with COMMIT when it only read; a deferred job
+    is a write, so a request that failed after deferring rolls it back."""
+    session = sessions()
+    await jobs.defer(session, jobs.send_test_email, email="a@example.com")
+    await db.end_session(session)
 
     assert await queued(sessions) == []
 
