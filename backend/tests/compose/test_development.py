@@ -176,8 +176,7 @@ def test_debugpy_attaches_and_stops_at_a_breakpoint_in_a_route(
         development.wait_healthy(f"{PROXY}/api/v1/utils/health-check/", 120)
 
 
-@pytest.mark.usefixtures("development")
-def test_password_recovery_email_reaches_mailpit() -> None:
+def test_password_recovery_email_reaches_mailpit(development: Stack) -> None:
     superuser = "admin@example.com"  # FIRST_SUPERUSER of the repo's .env
     answer = httpx.post(f"{PROXY}/api/v1/password-recovery/{superuser}", timeout=30)
     assert answer.status_code == 200
@@ -192,6 +191,9 @@ def test_password_recovery_email_reaches_mailpit() -> None:
 
     message = wait_until(delivered, timeout=30, what="the email", interval=0.5)
     assert "recovery" in message["Subject"].lower()
+    # Sent by the worker service, from the queue in PostgreSQL.
+    logs = development.compose("logs", "--no-log-prefix", "worker").stdout
+    assert "send_password_recovery" in logs, logs[-3000:]
 
 
 @pytest.mark.usefixtures("development")
