@@ -3,7 +3,9 @@
 import asyncio
 import logging
 import signal
+import tempfile
 from contextlib import suppress
+from pathlib import Path
 
 import procrastinate
 from procrastinate.exceptions import ConnectorException
@@ -17,6 +19,9 @@ from app.models import utcnow
 
 logger = logging.getLogger(__name__)
 
+# Touched while the worker runs and reaches the database: the container's
+# health check reads its age (docker-compose.yml).
+ALIVE_FILE = Path(tempfile.gettempdir()) / "app-worker-alive"
 # Waits before starting again, doubling up to the longest.
 FIRST_RECONNECT_WAIT = 1.0
 LONGEST_RECONNECT_WAIT = 30.0
@@ -64,14 +69,23 @@ async def _work(queue: procrastinate.App, stop: asyncio.Event) -> None:
         )
     )
     stopping = asyncio.create_task(stop.wait())
+    alive = asyncio.create_task(_keep_alive_file(queue))
     await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
+    alive.cancel()
     if stop.is_set():
         worker.cancel()  # procrastinate's graceful stop: running jobs finish
         with suppress(asyncio.CancelledError):
             await worker
         return
     await worker  # raises what stopped it, if anything
+
+
+async def _keep_alive_file(queue: procrastinate.App) -> None:
+    while True:
+        if await queue.job_manager.check_connection_async():
+            ALIVE_FILE.touch()
+        await asyncio.sleep(settings.JOBS_STALLED_SECONDS / 4)
 
 
 async def failed_jobs() -> list[Job]:

@@ -75,10 +75,10 @@ def test_a_required_variable_missing_stops_up_with_its_name(
 
 
 def test_every_service_is_healthy_and_prestart_ran_once(production: Stack) -> None:
-    for service in ("db", "backend"):
+    for service in ("db", "backend", "worker"):
         state = production.container(service)["State"]
         assert state["Health"]["Status"] == "healthy", service
-    for service in ("adminer", "proxy", "worker"):
+    for service in ("adminer", "proxy"):
         assert production.container(service)["State"]["Status"] == "running"
     prestart = production.container("prestart")["State"]
     assert (prestart["Status"], prestart["ExitCode"]) == ("exited", 0)

@@ -116,9 +116,12 @@ def mailbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Mailbox]:
 class WorkerProcess:
     """`python manage.py worker` in a process of its own, stopped by its pid."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env = env
+    def __init__(self, env: dict[str, str], log: Path, tmp: Path) -> None:
+        tmp.mkdir()
+        self.env = {**env, "TMPDIR": str(tmp)}
         self.log = log
+        # Touched while it runs and reaches the database (its health check).
+        self.alive_file = tmp / "app-worker-alive"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -186,7 +189,11 @@ def start_worker(
 
     def start(database_url: URL | None = None, **extra: str) -> WorkerProcess:
         env = worker_env(database_url or migrated_database_url, mailbox, **extra)
-        worker = WorkerProcess(env, tmp_path / f"worker-{len(workers)}.log")
+        worker = WorkerProcess(
+            env,
+            tmp_path / f"worker-{len(workers)}.log",
+            tmp_path / f"tmp-{len(workers)}",
+        )
         worker.start()
         workers.append(worker)
         return worker

@@ -243,8 +243,10 @@ async def test_worker_waits_for_the_database_and_recovers(
 
     # No database at start: the worker says so and keeps trying.
     await poll(lambda: _true("Database unreachable" in worker.output()), 30, "a retry")
+    assert not worker.alive_file.exists()  # unhealthy
     await proxy.up()
     await _send_and_receive(sessions, mailbox, "first@example.com")
+    assert time.time() - worker.alive_file.stat().st_mtime < 30
 
     # The database goes away under a running worker, then comes back.
     await proxy.down()
