@@ -9,7 +9,7 @@ import uvicorn
 from alembic import command
 from alembic.config import Config
 
-from app import worker
+from app import jobs, worker
 from app.core.config import settings
 from app.initial_data import create_superuser
 
@@ -94,6 +94,9 @@ def initdb() -> None:
 @cli.command("worker")
 def run_worker() -> None:
     """Run background jobs (emails, clean-ups) until stopped (SIGINT/SIGTERM)."""
+    if jobs.in_process:
+        typer.echo("No job queue on SQLite: jobs run in the API's process.", err=True)
+        raise typer.Exit(1)
     asyncio.run(worker.run())
 
 

@@ -4,6 +4,7 @@ for a transaction rolled back. Runs on PostgreSQL and SQLite alike."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from httpx import AsyncClient
@@ -34,6 +35,23 @@ def test_jobs_run_in_process_on_sqlite_only(
         check=True,
     )
     assert done.stdout.strip() == str(in_process)
+
+
+def test_no_worker_on_sqlite(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "manage.py", "worker"],
+        cwd=BACKEND_DIR,
+        env={
+            "PATH": "",
+            "ENVIRONMENT": "local",
+            "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/app.db",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "No job queue on SQLite" in done.stderr
 
 
 async def test_a_committed_job_runs_and_a_rolled_back_one_does_not(
