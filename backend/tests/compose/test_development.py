@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.compose.conftest import REPO, Engine, Stack, stack
-from tests.compose.dap import DapSession
-from tests.conftest import wait_until
+from tests.utils.compose import REPO, Engine, Stack, stack
+from tests.utils.dap import DapSession
+from tests.utils.servers import wait_until
 
 NAME = "fsm-development"
 BACKEND = "http://localhost:18000"  # the backend's own published port
@@ -79,7 +79,7 @@ def test_watch_warns_of_nothing_and_an_edit_is_served_within_5_s(
         # watch runs `up` first, which may recreate the backend: let it start.
         development.wait_healthy(f"{BACKEND}/api/v1/utils/health-check/", 120)
         routes.write_text(
-            original + f'\n\n@router.get("/reload-probe/")\n'
+            original + f'\n\n@public_router.get("/reload-probe/")\n'
             f"async def reload_probe() -> str:\n    return {token!r}\n"
         )
         edited = time.monotonic()

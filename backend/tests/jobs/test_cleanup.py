@@ -10,7 +10,7 @@ from app import crud, jobs
 from app.core import ratelimit
 from app.core.config import settings
 from app.models import AuthAttempt, RefreshToken, UserSession, utcnow
-from tests import factories
+from tests.utils import factories
 
 
 async def add_session(

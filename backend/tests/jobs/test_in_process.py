@@ -11,10 +11,11 @@ from httpx import AsyncClient
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import jobs
-from app.core.config import settings
+from app.core.config import BACKEND_DIR, settings
 from app.models import Role
-from tests import factories
-from tests.conftest import BACKEND_DIR, SmtpSink, auth_headers
+from tests.utils import factories
+from tests.utils.api import auth_headers
+from tests.utils.smtp import SmtpSink
 
 API = settings.API_V1_STR
 

@@ -13,8 +13,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app import jobs
 from app.core import db
 from app.core.config import settings
-from tests import factories
-from tests.jobs.conftest import Sessions
+from tests.utils import factories
+from tests.utils.jobs import Sessions
+
+pytestmark = pytest.mark.queue
 
 SCHEMA = (
     Path(__file__).resolve().parents[2]

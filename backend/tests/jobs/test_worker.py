@@ -16,11 +16,11 @@ from sqlalchemy import URL, text
 
 from app import jobs
 from app.core import security
-from app.core.config import settings
+from app.core.config import BACKEND_DIR, settings
 from app.core.logging import request_id_var
-from tests import factories
-from tests.conftest import BACKEND_DIR, client_using
-from tests.jobs.conftest import (
+from tests.utils import factories
+from tests.utils.api import client_using
+from tests.utils.jobs import (
     FRONTEND,
     STALLED_SECONDS,
     Mailbox,
@@ -31,6 +31,7 @@ from tests.jobs.conftest import (
 )
 
 API = settings.API_V1_STR
+pytestmark = [pytest.mark.queue, pytest.mark.slow]
 
 
 async def statuses(sessions: Sessions) -> dict[str, int]:
