@@ -29,8 +29,8 @@ def _schema_differences(connection: Connection) -> list[Any]:
         opts={
             "compare_type": True,
             # procrastinate's tables (migration 0003) are not in our models.
-            "include_name": lambda name, type_, _parents: not (
-                type_ == "table" and name.startswith("procrastinate_")
+            "include_name": lambda name, type_, _parents: (
+                not (type_ == "table" and name.startswith("procrastinate_"))
             ),
         },
     )
