@@ -111,6 +111,10 @@ async def test_recovery_survives_smtp_down_and_a_worker_restart(
     )
     assert token is not None and token.user_id == user.id
     await poll(lambda: _equals(statuses(sessions), {"succeeded": 1}), 10, "success")
+    # procrastinate names jobs with their arguments: the address is masked.
+    assert "send_password_recovery" in worker.output()
+    assert user.email not in worker.output()
+    assert f"email='*@{user.email.partition('@')[2]}'" in worker.output()
 
 
 async def test_an_unknown_address_gets_no_email(
