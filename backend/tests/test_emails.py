@@ -14,7 +14,8 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from app import emails
 from app.core.config import settings
 from app.core.logging import RequestIdFilter, request_id_var
-from tests.conftest import SmtpSink, free_port
+from tests.utils.servers import free_port
+from tests.utils.smtp import SmtpSink
 
 SMTP_USER = "mailer"
 # The auth tests over a plain connection deliberately let aiosmtpd accept AUTH without TLS.

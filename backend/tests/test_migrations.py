@@ -17,7 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.db import create_engine
 from app.models import User
-from tests.conftest import alembic_config
+from tests.utils.database import alembic_config
 
 BACKEND_DIR = Path(__file__).resolve().parents[1]
 VERSIONS_DIR = BACKEND_DIR / "app" / "alembic" / "versions"
@@ -155,6 +155,7 @@ def _prestarts(url: URL, count: int) -> list[subprocess.CompletedProcess[str]]:
     ]
 
 
+@pytest.mark.slow  # starts 13 interpreters
 @pytest.mark.parametrize("starts", [3, 10])
 async def test_concurrent_starts_migrate_once(
     scratch_database_url: URL, starts: int

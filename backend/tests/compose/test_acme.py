@@ -12,14 +12,14 @@ import httpx
 import pytest
 from cryptography import x509
 
-from tests.acme import (
+from tests.utils.acme import (
     ISSUED,
     acme_certificate,
     dns_names,
     pebble_root,
     write_pebble_config,
 )
-from tests.compose.conftest import Engine, Stack, production_env, stack
+from tests.utils.compose import Engine, Stack, production_env, stack
 
 NAME = "fsm-acme"
 # Resolves to the proxy on the stack's network only (an alias in acme-pebble.yml);

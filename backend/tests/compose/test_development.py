@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.compose.conftest import REPO, Engine, Stack, stack
-from tests.compose.dap import DapSession
-from tests.conftest import wait_until
+from tests.utils.compose import REPO, Engine, Stack, stack
+from tests.utils.dap import DapSession
+from tests.utils.servers import wait_until
 
 NAME = "fsm-development"
 BACKEND = "http://localhost:18000"  # the backend's own published port

@@ -14,14 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.compose.conftest import (
+from tests.utils.compose import (
     SUPERUSER,
     Engine,
     Stack,
     production_env,
     stack,
 )
-from tests.conftest import live_login, wait_until
+from tests.utils.servers import live_login, wait_until
 
 NAME = "fsm-production"
 HTTPS = "https://localhost:18443"

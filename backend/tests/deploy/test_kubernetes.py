@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 from app.core.config import SECRET_SETTINGS, Settings
 from app.core.db import create_engine
 from manage import cli
-from tests.conftest import client_using, free_port
+from tests.utils.api import client_using
+from tests.utils.servers import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 BACKEND = REPO / "backend"

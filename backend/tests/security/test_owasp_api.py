@@ -42,10 +42,17 @@ from app.core import security, supabase
 from app.core.config import BACKEND_DIR, Settings, settings
 from app.main import app
 from app.models import Item, Role, User, utcnow
-from tests import factories
-from tests.api.helpers import API, assert_unauthorized, bearer, login, refresh
-from tests.conftest import SmtpSink, client_using
-from tests.core.test_supabase import (
+from tests.utils import factories
+from tests.utils.api import (
+    API,
+    assert_unauthorized,
+    bearer,
+    client_using,
+    login,
+    refresh,
+)
+from tests.utils.smtp import SmtpSink
+from tests.utils.supabase import (
     HS_SECRET,
     FakeSupabase,
     b64url,

@@ -10,10 +10,10 @@ from app.api.deps import (
     CurrentSessionId,
     CurrentStaff,
     CurrentUser,
+    DeletableUser,
     ManagedUser,
     PageDep,
     SessionDep,
-    ensure_can_manage,
 )
 from app.api.errors import AUTHENTICATED, BODY, DATABASE, STAFF, document
 from app.api.limits import EmailRequestsDep, PasswordAttemptsDep, count_signup
@@ -287,15 +287,11 @@ async def update_user(
     ),
 )
 async def delete_user(
-    user_id: uuid.UUID, session: SessionDep, staff: CurrentStaff
+    session: SessionDep, user: DeletableUser, staff: CurrentStaff
 ) -> Message:
     """Delete a user and their items (admins: ordinary users only)."""
-    user = await crud.get_user(session=session, user_id=user_id)
-    if user is None:
-        raise errors.UserNotFound()
     if user.id == staff.id:
         forbid_self_deletion_of_superuser(user)
-    ensure_can_manage(staff, user.role)
     try:
         await crud.delete_user(session=session, user=user)
     except crud.LastSuperadminError:
