@@ -410,3 +410,10 @@ class TestRouting:
         assert repository.rsplit("/", 1)[-1] == default.group(1)
         # A rolling update needs a new tag; nodes keep a `latest` they pulled.
         assert tag != "latest"
+
+
+@pytest.mark.parametrize("readme", ["README.md", "backend/README.md"])
+def test_the_readme_commands_name_the_files_that_exist(readme: str) -> None:
+    named = set(re.findall(r"deploy/kubernetes/[\w./-]*", (REPO / readme).read_text()))
+    assert named, "no manifest named"
+    assert [name for name in named if not (REPO / name).exists()] == []
