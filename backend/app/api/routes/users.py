@@ -1,6 +1,7 @@
 import uuid
 
 from fastapi import APIRouter, Depends
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import crud, jobs
 from app.api import errors
@@ -29,6 +30,7 @@ from app.models import (
     UserPublic,
     UserRegister,
     UsersPublic,
+    UserUpdate,
     UserUpdateMe,
 )
 
@@ -36,6 +38,18 @@ from app.models import (
 # holds what works without an access token.
 router = APIRouter(prefix="/users", tags=["users"])
 public_router = APIRouter(prefix="/users", tags=["users"])
+
+
+async def save_user_update(
+    session: AsyncSession, user: User, user_in: UserUpdate | UserUpdateMe
+) -> User:
+    """crud.update_user, with its refusals as the API's errors."""
+    try:
+        return await crud.update_user(session=session, user=user, user_in=user_in)
+    except crud.EmailAlreadyExistsError:
+        raise errors.EmailTaken()
+    except crud.LastSuperadminError:
+        raise errors.LastSuperadmin()
 
 
 def forbid_self_deletion_of_superuser(user: User) -> None:
@@ -104,13 +118,7 @@ async def update_user_me(
             old_email=old_email,
             new_email=user_in.email,
         )
-    try:
-        user = await crud.update_user(
-            session=session, user=current_user, user_in=user_in
-        )
-    except crud.EmailAlreadyExistsError:
-        raise errors.EmailTaken()
-    return user
+    return await save_user_update(session, current_user, user_in)
 
 
 @router.patch(
@@ -251,13 +259,7 @@ async def update_user(
     if "email" in user_in.model_fields_set and user_in.email is not None:
         # Sent if the address is not verified (a new one never is).
         await jobs.defer(session, jobs.send_verification, email=user_in.email)
-    try:
-        user = await crud.update_user(session=session, user=user, user_in=user_in)
-    except crud.EmailAlreadyExistsError:
-        raise errors.EmailTaken()
-    except crud.LastSuperadminError:
-        raise errors.LastSuperadmin()
-    return user
+    return await save_user_update(session, user, user_in)
 
 
 @router.delete(
