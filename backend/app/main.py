@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.middleware.cors import CORSMiddleware
 
+from app import jobs
 from app.api.errors import add_exception_handlers
 from app.api.main import api_router
 from app.api.routes import docs
@@ -36,6 +37,7 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     gc.collect()
     gc.freeze()
     yield
+    await jobs.wait_in_process()
     await engine.dispose()
 
 
@@ -55,6 +57,8 @@ app = FastAPI(
 # The last added runs first: RequestIdMiddleware wraps everything, so its id is
 # on every log line, a failed session close included.
 app.add_middleware(DatabaseSessionMiddleware)
+# Outside it: on SQLite, jobs run after the response, the request's session closed.
+app.add_middleware(jobs.InProcessJobsMiddleware)
 # Inside CORS, so that a browser can read the 413.
 app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES)
 if settings.all_cors_origins:

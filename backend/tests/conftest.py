@@ -21,6 +21,7 @@ os.environ.setdefault(
     "SUPABASE_JWT_SECRET", "tests-supabase-jwt-secret-0123456789abcdef"
 )
 
+from app import jobs
 from app.core.config import settings
 from app.core.db import create_engine
 from app.models import AuthAttempt, Item, Role, User
@@ -84,15 +85,25 @@ def _no_real_email(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def db(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+async def db(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[AsyncSession]:
     """A session whose commits become savepoints of one transaction rolled back after the test."""
     async with engine.connect() as connection:
         transaction = await connection.begin()
-        session = AsyncSession(
-            bind=connection,
-            join_transaction_mode="create_savepoint",
-            expire_on_commit=False,
-        )
+
+        def join() -> AsyncSession:
+            return AsyncSession(
+                bind=connection,
+                join_transaction_mode="create_savepoint",
+                expire_on_commit=False,
+            )
+
+        session = join()
+        # Jobs run in process after the response, in this transaction (the
+        # queue and its worker are tested in tests/jobs).
+        monkeypatch.setattr(jobs, "in_process", True)
+        monkeypatch.setattr(jobs, "sessions", join)
         yield session
         await session.close()
         await transaction.rollback()
@@ -108,10 +119,14 @@ async def client(db: AsyncSession) -> AsyncIterator[AsyncClient]:
 
 
 @pytest.fixture
-async def committing_client(engine: AsyncEngine) -> AsyncIterator[AsyncClient]:
+async def committing_client(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[AsyncClient]:
     """A client whose requests get their own sessions and really commit, for concurrency
     tests. Rows it leaves are deleted afterwards."""
     sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+    monkeypatch.setattr(jobs, "in_process", True)
+    monkeypatch.setattr(jobs, "sessions", sessions)
 
     async def get_committing_db() -> AsyncIterator[AsyncSession]:
         async with sessions() as session:

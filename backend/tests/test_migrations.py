@@ -24,7 +24,16 @@ VERSIONS_DIR = BACKEND_DIR / "app" / "alembic" / "versions"
 
 
 def _schema_differences(connection: Connection) -> list[Any]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    context = MigrationContext.configure(
+        connection,
+        opts={
+            "compare_type": True,
+            # procrastinate's tables (migration 0003) are not in our models.
+            "include_name": lambda name, type_, _parents: (
+                not (type_ == "table" and name.startswith("procrastinate_"))
+            ),
+        },
+    )
     with warnings.catch_warnings():
         # SQLite cannot reflect the lower(email) index; its uniqueness is
         # checked by behaviour in test_email_unique_whatever_the_case.

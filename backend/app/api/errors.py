@@ -277,7 +277,6 @@ async def too_many_attempts(_request: Request, exc: Exception) -> JSONResponse:
         status_code=TooManyRequests.status_code,
         content={"detail": detail},
         headers={"Retry-After": str(exc.retry_after)},
-        background=exc.background,
     )
 
 

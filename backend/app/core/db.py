@@ -116,6 +116,12 @@ def _note_flush(session: Session, _context: Any) -> None:
     session.info[_WROTE] = True
 
 
+def mark_written(session: AsyncSession) -> None:
+    """Note a write made on the session's connection outside the ORM (a deferred
+    job), so that end_session rolls it back, not commits it, if left uncommitted."""
+    session.info[_WROTE] = True
+
+
 @event.listens_for(Session, "after_transaction_end")
 def _forget_writes(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # the transaction itself, not a savepoint

@@ -27,9 +27,15 @@ class RequestIdFilter(logging.Filter):
 _EMAIL_IN_PATH = re.compile(r"[^/?#&=\s]*(?:@|%40)[^/?#&=\s]*", re.IGNORECASE)
 
 
+# An address in a job's arguments, as procrastinate logs them ("email='a@b.c'").
+_EMAIL_ADDRESS = re.compile(r"[^\s'\"@]+@([^\s'\"@,)]+)")
+
+
 class RedactEmailFilter(logging.Filter):
-    """Access lines without the email addresses some paths carry: uvicorn's
-    access record has the path (with its query) as its third argument."""
+    """Lines without the email addresses some paths carry (uvicorn's access
+    record has the path, with its query, as its third argument) or job
+    arguments hold (procrastinate's worker names each job with them): only
+    the domain stays, as in app/emails.py."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
@@ -40,6 +46,9 @@ class RedactEmailFilter(logging.Filter):
         ):
             path = _EMAIL_IN_PATH.sub("[email]", str(args[2]))
             record.args = (*args[:2], path, *args[3:])
+        elif record.name.startswith("procrastinate"):
+            record.msg = _EMAIL_ADDRESS.sub(r"*@\1", record.getMessage())
+            record.args = None
         return True
 
 

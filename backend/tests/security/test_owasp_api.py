@@ -138,6 +138,7 @@ ROUTE_ACCESS: dict[tuple[str, str], Level] = {
     ("PATCH", f"{API}/users/{{user_id}}"): "staff",
     ("DELETE", f"{API}/users/{{user_id}}"): "staff",
     ("POST", f"{API}/utils/test-email/"): "superadmin",
+    ("GET", f"{API}/utils/jobs/"): "staff",
     ("GET", f"{API}/utils/health-check/"): "public",
     ("GET", f"{API}/utils/ready/"): "public",
     ("GET", f"{API}/items/"): "user",
@@ -1311,6 +1312,7 @@ class TestAPI5BrokenFunctionLevelAuthorization:
             ("POST", f"{API}/utils/test-email/"): {
                 "params": {"email_to": victim.email}
             },
+            ("GET", f"{API}/utils/jobs/"): {},
         }
 
     async def test_user_is_refused_every_admin_route(

@@ -17,7 +17,7 @@ BACKEND_DIR = Path(__file__).resolve().parents[2]
 STACK_SH = BACKEND_DIR / "scripts" / "stack.sh"
 SUPERUSER = ("stack-admin@example.com", "stack-admin-password")
 DOMAIN = "localhost"
-PROCESSES = ("smtp", "backend-1", "backend-2", "adminer", "traefik")
+PROCESSES = ("smtp", "backend-1", "backend-2", "worker", "adminer", "traefik")
 
 
 @dataclass(frozen=True)
