@@ -136,3 +136,15 @@ def test_required_variable_missing_fails(variable: str, tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert variable in result.stderr
+
+
+def test_worker_runs_the_backend_image_with_the_compose_health_check(
+    stack: dict[str, Any], compose_file: dict[str, Any]
+) -> None:
+    worker = stack["services"]["worker"]
+    assert worker["image"] == stack["services"]["backend"]["image"]
+    assert worker["command"] == compose_file["services"]["worker"]["command"]
+    assert worker["healthcheck"] == compose_file["services"]["worker"]["healthcheck"]
+    assert {s["source"] for s in worker["secrets"]} == {
+        s["source"] for s in stack["services"]["backend"]["secrets"]
+    }

@@ -35,7 +35,8 @@ def answers(url: str) -> bool:
 @pytest.fixture(scope="module")
 def deployed(swarm: Swarm) -> Swarm:
     started = time.monotonic()
-    for service, replicas in (("db", 1), ("backend", 2), ("adminer", 1), ("proxy", 1)):
+    services = (("db", 1), ("backend", 2), ("worker", 1), ("adminer", 1), ("proxy", 1))
+    for service, replicas in services:
         wait_until(
             lambda: swarm.converged(service, replicas),  # noqa: B023
             timeout=240,
