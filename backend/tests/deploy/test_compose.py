@@ -2,17 +2,18 @@
 
 import ipaddress
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import compose  # type: ignore[import-untyped]
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
-# The package's bin/docker-compose wrapper always exits 0: call the binary itself.
-COMPOSE_BINARY = Path(compose.__file__).parent / "docker-compose"
+from tests.utils.compose_config import (
+    REPO,
+    config,
+    env_file_with,
+    run_compose,
+)
+
 REQUIRED = [
     "SECRET_KEY",
     "FIRST_SUPERUSER",
@@ -20,32 +21,6 @@ REQUIRED = [
     "POSTGRES_PASSWORD",
 ]
 STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
-
-
-def run_compose(
-    *files: str, env_file: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    args = [str(COMPOSE_BINARY), "--project-directory", str(REPO)]
-    for file in files:
-        args += ["-f", str(REPO / file)]
-    if env_file is not None:
-        args += ["--env-file", str(env_file)]
-    # Only the .env file may feed the interpolation, not this process's environment.
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
-    return subprocess.run(
-        [*args, "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-
-
-def config(*files: str) -> dict[str, Any]:
-    result = run_compose(*files)
-    assert result.returncode == 0, result.stderr
-    parsed: dict[str, Any] = json.loads(result.stdout)
-    return parsed
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +31,6 @@ def base() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def development() -> dict[str, Any]:
     return config("docker-compose.yml", "docker-compose.override.yml")
-
-
-def env_file_with(tmp_path: Path, variable: str, value: str | None) -> Path:
-    """The repository's .env with `variable` set to `value`, or removed (None)."""
-    lines = [
-        line
-        for line in (REPO / ".env").read_text().splitlines()
-        if not line.startswith(f"{variable}=")
-    ]
-    if value is not None:
-        lines.append(f"{variable}={value}")
-    env_file = tmp_path / ".env"
-    env_file.write_text("\n".join(lines))
-    return env_file
 
 
 def published_ports(service: dict[str, Any]) -> set[int]:

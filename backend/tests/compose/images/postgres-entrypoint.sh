@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Upstream's contract: POSTGRES_USER/PASSWORD/DB and PGDATA on first start, runs as postgres.
+# Upstream's contract: POSTGRES_USER/PASSWORD/DB and PGDATA on first start, runs as postgres;
+# the password also from the file POSTGRES_PASSWORD_FILE names (Docker secrets).
 set -euo pipefail
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    POSTGRES_PASSWORD="$(<"$POSTGRES_PASSWORD_FILE")"
+fi
 if [ "$(id -u)" = 0 ]; then
     mkdir -p "$PGDATA"
     chown -R postgres:postgres "$PGDATA" /var/run/postgresql
