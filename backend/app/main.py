@@ -75,6 +75,7 @@ if settings.all_cors_origins:
 app.add_middleware(
     SecurityHeadersMiddleware,
     docs_csp=docs_content_security_policy(docs.SCRIPT_HASHES),
+    docs_pages=docs.PAGES,
 )
 app.add_middleware(RequestIdMiddleware)
 for router in api_routers:
