@@ -19,7 +19,7 @@ from app.api.main import api_routers
 from app.api.routes import docs
 from app.core import ratelimit, security
 from app.core.config import settings
-from app.core.db import DatabaseSessionMiddleware, engine, is_unavailability
+from app.core.db import engine, is_unavailability
 from app.core.http import (
     BodyLimitMiddleware,
     SecurityHeadersMiddleware,
@@ -58,9 +58,6 @@ app = FastAPI(
     generate_unique_id_function=custom_generate_unique_id,
     lifespan=lifespan,
 )
-# The last added runs first: RequestIdMiddleware wraps everything, so its id is
-# on every log line, a failed session close included.
-app.add_middleware(DatabaseSessionMiddleware)
 # Inside CORS, so that a browser can read the 413.
 app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES)
 if settings.all_cors_origins:
@@ -77,6 +74,8 @@ app.add_middleware(
     docs_csp=docs_content_security_policy(docs.SCRIPT_HASHES),
     docs_pages=docs.PAGES,
 )
+# Added last, so it runs first and wraps everything: its request id is on every
+# log line, a failed session close included.
 app.add_middleware(RequestIdMiddleware)
 for router in api_routers:
     app.include_router(router, prefix=settings.API_V1_STR)
