@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import sentry_sdk
+from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -25,7 +26,7 @@ from app.core.http import (
     SecurityHeadersMiddleware,
     docs_content_security_policy,
 )
-from app.core.logging import RequestIdMiddleware, setup_logging
+from app.core.logging import is_safe_request_id, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +75,9 @@ app.add_middleware(
     docs_csp=docs_content_security_policy(docs.SCRIPT_HASHES),
     docs_pages=docs.PAGES,
 )
-# Added last, so it runs first and wraps everything: its request id is on every
-# log line, a failed session close included.
-app.add_middleware(RequestIdMiddleware)
+# Added last, so it runs first and wraps everything: its request id (X-Request-ID)
+# is on every log line, a failed session close included.
+app.add_middleware(CorrelationIdMiddleware, validator=is_safe_request_id)
 for router in api_routers:
     app.include_router(router, prefix=settings.API_V1_STR)
 if settings.docs_enabled:
