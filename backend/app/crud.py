@@ -1,14 +1,14 @@
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import TypeVar
 
 from sqlalchemy import ColumnElement, bindparam, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from sqlmodel.sql.expression import Select
 
 from app.core.config import settings
+from app.core.pagination import Page
 from app.core.security import (
     dummy_hash,
     hash_password,
@@ -19,7 +19,6 @@ from app.core.security import (
 from app.models import (
     Item,
     ItemCreate,
-    ItemPublic,
     ItemUpdate,
     RefreshToken,
     Role,
@@ -40,50 +39,36 @@ class LastSuperadminError(Exception):
     """The change would leave no active superadmin."""
 
 
-class Position(NamedTuple):
-    """Where a list page ends, for keyset pagination: lists sort newest first."""
-
-    created_at: datetime
-    id: uuid.UUID
-
-
-class Page(NamedTuple):
-    skip: int
-    limit: int
-    after: Position | None = None
+Listed = TypeVar("Listed", Item, User)
 
 
 async def _paginate(
     session: AsyncSession,
-    *columns: Any,
-    model: type[Item] | type[User],
+    model: type[Listed],
+    *,
     page: Page,
     where: tuple[ColumnElement[bool], ...] = (),
-) -> tuple[list[Any], int]:
-    """One page of `columns` of `model`'s rows matching `where`, newest first,
-    plus the total they match (cursor or not).
+) -> tuple[list[Listed], int]:
+    """One page of `model`'s rows matching `where`, newest first, plus the total
+    they match (cursor or not).
 
     The total rides on every row as a last column, a scalar subquery the
     database computes once: page and count in one round trip. Only a page past
     the end, which has no row to carry it, costs a second query."""
     count = select(func.count()).select_from(model).where(*where)
-    statement: Select[*tuple[Any, ...]] = Select(
-        *columns, count.scalar_subquery()
-    ).where(*where)
+    statement = select(model, count.scalar_subquery()).where(*where)
     if page.after is not None:
         # A row comparison the (…, created_at, id) indexes answer without a scan.
         statement = statement.where(
             tuple_(col(model.created_at), col(model.id)) < page.after
         )
     statement = statement.order_by(col(model.created_at).desc(), col(model.id).desc())
-    rows = list(
-        (await session.exec(statement.offset(page.skip).limit(page.limit))).all()
-    )
+    rows = (await session.exec(statement.offset(page.skip).limit(page.limit))).all()
     if rows:
-        return rows, rows[0][-1]
+        return [row for row, _ in rows], rows[0][1]
     if page.skip == 0 and page.after is None:
-        return rows, 0
-    return rows, await session.scalar(count) or 0
+        return [], 0
+    return [], await session.scalar(count) or 0
 
 
 async def _commit_user(session: AsyncSession, user: User) -> User:
@@ -110,8 +95,7 @@ async def get_user_by_email(*, session: AsyncSession, email: str) -> User | None
 
 
 async def list_users(*, session: AsyncSession, page: Page) -> tuple[list[User], int]:
-    rows, count = await _paginate(session, User, model=User, page=page)
-    return [row[0] for row in rows], count
+    return await _paginate(session, User, page=page)
 
 
 async def create_user(
@@ -410,19 +394,12 @@ async def get_item(*, session: AsyncSession, item_id: uuid.UUID) -> Item | None:
     return await session.get(Item, item_id)
 
 
-# A list page is only read: its rows are tuples of the columns ItemPublic shows,
-# not ORM objects (a quarter fewer instructions for a page of 100 items).
-ITEM_LIST_COLUMNS = tuple(col(getattr(Item, name)) for name in ItemPublic.model_fields)
-
-
 async def list_items(
     *, session: AsyncSession, owner_id: uuid.UUID | None, page: Page
-) -> tuple[list[Any], int]:
+) -> tuple[list[Item], int]:
     """Items of `owner_id`, or of everyone when it is None; newest first."""
     where = () if owner_id is None else (col(Item.owner_id) == owner_id,)
-    return await _paginate(
-        session, *ITEM_LIST_COLUMNS, model=Item, page=page, where=where
-    )
+    return await _paginate(session, Item, page=page, where=where)
 
 
 async def create_item(

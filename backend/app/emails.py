@@ -73,29 +73,31 @@ def test_email(to: str) -> Email:
     )
 
 
+def _link_email(
+    to: str, *, subject: str, template: str, link: str, valid_hours: int
+) -> Email:
+    """An email whose point is a link that works for `valid_hours`."""
+    context = {"email": to, "link": link, "valid_for": _hours(valid_hours)}
+    return render_email(to=to, subject=subject, template=template, context=context)
+
+
 def reset_password_email(to: str, token: str) -> Email:
-    return render_email(
-        to=to,
+    return _link_email(
+        to,
         subject=f"{settings.PROJECT_NAME} - Password recovery for {to}",
         template="reset_password",
-        context={
-            "email": to,
-            "link": _frontend_link("reset-password", token=token),
-            "valid_for": _hours(settings.EMAIL_RESET_TOKEN_EXPIRE_HOURS),
-        },
+        link=_frontend_link("reset-password", token=token),
+        valid_hours=settings.EMAIL_RESET_TOKEN_EXPIRE_HOURS,
     )
 
 
 def verify_email_email(to: str, token: str) -> Email:
-    return render_email(
-        to=to,
+    return _link_email(
+        to,
         subject=f"{settings.PROJECT_NAME} - Verify your email",
         template="verify_email",
-        context={
-            "email": to,
-            "link": _frontend_link("verify-email", token=token),
-            "valid_for": _hours(settings.EMAIL_VERIFY_TOKEN_EXPIRE_HOURS),
-        },
+        link=_frontend_link("verify-email", token=token),
+        valid_hours=settings.EMAIL_VERIFY_TOKEN_EXPIRE_HOURS,
     )
 
 

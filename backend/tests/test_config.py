@@ -1,9 +1,10 @@
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from app.core.config import BACKEND_DIR, Settings
+from app.core.config import BACKEND_DIR, SECRET_SETTINGS, Settings
 
 STRONG = "s" * 40
 
@@ -21,15 +22,22 @@ def make_settings(monkeypatch: pytest.MonkeyPatch, **values: Any) -> Settings:
     return Settings(_env_file=None, **values)
 
 
+PRODUCTION = {
+    "ENVIRONMENT": "production",
+    "POSTGRES_SERVER": "db",
+    "SECRET_KEY": STRONG,
+    "FIRST_SUPERUSER_PASSWORD": STRONG,
+    "POSTGRES_PASSWORD": STRONG,
+}
+
+
 def production(monkeypatch: pytest.MonkeyPatch, **values: Any) -> Settings:
-    defaults = {
-        "ENVIRONMENT": "production",
-        "POSTGRES_SERVER": "db",
-        "SECRET_KEY": STRONG,
-        "FIRST_SUPERUSER_PASSWORD": STRONG,
-        "POSTGRES_PASSWORD": STRONG,
-    }
-    return make_settings(monkeypatch, **{**defaults, **values})
+    """Valid production settings, with `values` instead (None: left unset)."""
+    merged = {**PRODUCTION, **values}
+    return make_settings(
+        monkeypatch,
+        **{name: value for name, value in merged.items() if value is not None},
+    )
 
 
 class TestDatabaseUrl:
@@ -145,6 +153,52 @@ class TestSecrets:
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         assert production(monkeypatch).ENVIRONMENT == "production"
+
+
+class TestSecretFiles:
+    """<NAME>_FILE, as Docker, Swarm and Kubernetes mount secrets."""
+
+    @pytest.mark.parametrize("name", SECRET_SETTINGS)
+    def test_each_secret_read_from_its_file(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str
+    ) -> None:
+        value = (
+            "postgresql://app:file-secret@db/app" if name.endswith("URL") else STRONG
+        )
+        secret = tmp_path / "secret"
+        secret.write_text(f"{value}\n")  # as `echo value > file` writes it
+        monkeypatch.setenv(f"{name}_FILE", str(secret))
+        monkeypatch.delenv(name, raising=False)
+
+        settings = production(monkeypatch, **{name: None} if name in PRODUCTION else {})
+
+        assert getattr(settings, name) == value
+
+    def test_value_and_file_for_one_setting_refused(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        secret = tmp_path / "secret"
+        secret.write_text(STRONG)
+        monkeypatch.setenv("SECRET_KEY_FILE", str(secret))
+        with pytest.raises(ValidationError, match="SECRET_KEY is set both directly"):
+            production(monkeypatch, SECRET_KEY=STRONG)
+
+    def test_unreadable_file_refused_with_its_path(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        missing = tmp_path / "no-such-secret"
+        monkeypatch.setenv("POSTGRES_PASSWORD_FILE", str(missing))
+        with pytest.raises(ValidationError, match=f"cannot read {missing}"):
+            production(monkeypatch, POSTGRES_PASSWORD=None)
+
+    def test_secret_from_a_file_meets_the_same_rules(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        secret = tmp_path / "secret"
+        secret.write_text("too-short\n")
+        monkeypatch.setenv("SECRET_KEY_FILE", str(secret))
+        with pytest.raises(ValidationError, match="at least 32"):
+            production(monkeypatch, SECRET_KEY=None)
 
 
 class TestEmailSettings:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from asgi_correlation_id import correlation_id
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIRouter
 from httpx import AsyncClient
 
 from app.api.routes import auth, items, login, private, users, utils
@@ -63,7 +63,8 @@ class TestOpenApi:
         api_routes = [
             (settings.API_V1_STR + route.path, route)
             for module in (auth, items, login, private, users, utils)
-            for route in module.router.routes
+            for name in ("router", "public_router")
+            for route in getattr(module, name, APIRouter()).routes
             if isinstance(route, APIRoute)
         ]
         root_routes = [

@@ -1,4 +1,7 @@
 import asyncio
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,8 @@ from app.core.db import create_engine
 from app.models import User
 from tests.conftest import alembic_config
 
-VERSIONS_DIR = Path(__file__).resolve().parents[1] / "app" / "alembic" / "versions"
+BACKEND_DIR = Path(__file__).resolve().parents[1]
+VERSIONS_DIR = BACKEND_DIR / "app" / "alembic" / "versions"
 
 
 def _schema_differences(connection: Connection) -> list[Any]:
@@ -121,3 +125,49 @@ async def test_email_unique_whatever_the_case(db: AsyncSession) -> None:
     with pytest.raises(IntegrityError):
         await db.commit()
     await db.rollback()
+
+
+def _prestarts(url: URL, count: int) -> list[subprocess.CompletedProcess[str]]:
+    """`scripts/prestart.sh` started `count` times at once, as replicas do."""
+    env = {
+        **os.environ,
+        # the script calls `python` and `alembic`: the test's own virtualenv first
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DATABASE_URL": url.render_as_string(hide_password=False),
+        "FIRST_SUPERUSER": "first@example.com",
+        "FIRST_SUPERUSER_PASSWORD": "first-password",
+    }
+    started = [
+        subprocess.Popen(
+            ["bash", "scripts/prestart.sh"],
+            cwd=BACKEND_DIR,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    return [
+        subprocess.CompletedProcess(process.args, process.wait(timeout=300), output)
+        for process in started
+        for output, _ in [process.communicate(timeout=300)]
+    ]
+
+
+@pytest.mark.parametrize("starts", [3, 10])
+async def test_concurrent_starts_migrate_once(
+    scratch_database_url: URL, starts: int
+) -> None:
+    """Replicas starting together on an empty database (--scale, Swarm,
+    Kubernetes): one applies the migrations, the others wait, then find nothing
+    left to do; the first superuser is created once."""
+    finished = await asyncio.to_thread(_prestarts, scratch_database_url, starts)
+
+    assert [run.returncode for run in finished] == [0] * starts, [
+        run.stdout for run in finished if run.returncode
+    ]
+    applied = sum(run.stdout.count("Running upgrade") for run in finished)
+    assert applied == len(list(VERSIONS_DIR.glob("*.py")))
+    users = await _execute(scratch_database_url, "SELECT email, role FROM users")
+    assert users == [("first@example.com", "superadmin")]

@@ -16,6 +16,8 @@ if config.config_file_name is not None and config.attributes.get(
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = SQLModel.metadata
+# The advisory lock that migrations of this database hold ("alembic" in ASCII).
+MIGRATIONS_LOCK_ID = 0x616C656D626963
 
 
 def database_url() -> str:
@@ -34,6 +36,14 @@ def do_run_migrations(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Starts at once (replicas, --scale, Swarm, Kubernetes) take turns: the
+            # first migrates, the others wait here until it commits, then find
+            # nothing left to do. (SQLite's BEGIN IMMEDIATE, app/core/db.py, does
+            # the same.)
+            connection.exec_driver_sql(
+                f"SELECT pg_advisory_xact_lock({MIGRATIONS_LOCK_ID})"
+            )
         context.run_migrations()
 
 

@@ -1,4 +1,5 @@
 import json
+import os
 import secrets
 import warnings
 from pathlib import Path
@@ -18,6 +19,18 @@ from sqlalchemy import URL, make_url
 
 BACKEND_DIR = Path(__file__).resolve().parents[2]
 PLACEHOLDER_SECRET = "changethis"
+# Settings that hold credentials. Each may instead be read from the file that
+# the environment variable <NAME>_FILE names (the convention of Docker, Swarm
+# and Kubernetes secrets), never from both.
+SECRET_SETTINGS = (
+    "SECRET_KEY",
+    "POSTGRES_PASSWORD",
+    "FIRST_SUPERUSER_PASSWORD",
+    "SMTP_PASSWORD",
+    "SUPABASE_JWT_SECRET",
+    "DATABASE_URL",
+    "REDIS_URL",
+)
 
 
 def parse_cors(value: Any) -> list[str] | Any:
@@ -188,6 +201,26 @@ class Settings(BaseSettings):
     @property
     def emails_enabled(self) -> bool:
         return bool(self.SMTP_HOST and self.EMAILS_FROM_EMAIL)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, values: dict[str, Any]) -> dict[str, Any]:
+        for name in SECRET_SETTINGS:
+            path = os.environ.get(f"{name}_FILE")
+            if not path:
+                continue
+            if values.get(name) is not None:
+                raise ValueError(
+                    f"{name} is set both directly and by {name}_FILE: keep one"
+                )
+            try:
+                # Secret files usually end with a newline that is not the secret's.
+                values[name] = Path(path).read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(
+                    f"{name}_FILE: cannot read {path}: {exc.strerror}"
+                ) from None
+        return values
 
     @model_validator(mode="after")
     def _enforce_secrets(self) -> Self:

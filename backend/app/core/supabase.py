@@ -32,7 +32,12 @@ JWKS_FETCH_TIMEOUT_SECONDS = 5.0
 # this often: made-up kids cannot make us hammer the provider.
 JWKS_REFETCH_INTERVAL_SECONDS = 30.0
 LEEWAY_SECONDS = 10
-INVALID_TOKEN = "Invalid Supabase token"
+MISSING_TOKEN = "Missing Supabase token"
+INVALID_TOKEN = "Invalid Supabase token"  # bad signature, issuer, audience, key, alg
+EXPIRED_TOKEN = "Supabase token has expired"
+ANONYMOUS_USER = "Anonymous Supabase users cannot sign in"
+NO_EMAIL = "Supabase token carries no valid email"
+REJECTIONS = (INVALID_TOKEN, EXPIRED_TOKEN, ANONYMOUS_USER, NO_EMAIL)
 UNAVAILABLE = "Supabase signing keys are unavailable, try again later"
 
 _email_adapter: TypeAdapter[str] = TypeAdapter(
@@ -166,18 +171,18 @@ async def verify_supabase_token(token: str) -> ProviderIdentity:
             },
         )
     except jwt.ExpiredSignatureError:
-        raise ProviderTokenError("Supabase token has expired") from None
+        raise ProviderTokenError(EXPIRED_TOKEN) from None
     except jwt.PyJWTError as exc:
         logger.info("Rejected a Supabase token: %s", exc)
         raise ProviderTokenError() from None
     if claims.get("is_anonymous") is True:
-        raise ProviderTokenError("Anonymous Supabase users cannot sign in")
+        raise ProviderTokenError(ANONYMOUS_USER)
     # We trust the provider to confirm emails (Supabase's "Confirm email" setting):
     # the exchange signs in whoever holds an account with this email.
     try:
         email = _email_adapter.validate_python(claims.get("email"))
     except ValidationError:
-        raise ProviderTokenError("Supabase token carries no valid email") from None
+        raise ProviderTokenError(NO_EMAIL) from None
     return ProviderIdentity(subject=str(claims["sub"]), email=email)
 
 

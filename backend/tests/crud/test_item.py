@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import crud
+from app.core.pagination import Page, Position
 from app.models import Item, ItemCreate, ItemUpdate, User
 from tests import factories
 
@@ -26,12 +27,12 @@ async def test_list_items_of_owner_newest_first(db: AsyncSession, user: User) ->
     await db.commit()
 
     own, own_count = await crud.list_items(
-        session=db, owner_id=user.id, page=crud.Page(skip=0, limit=2)
+        session=db, owner_id=user.id, page=Page(skip=0, limit=2)
     )
     assert own_count == 3
     assert [i.id for i in own] == [items[0].id, items[1].id]
     _, all_count = await crud.list_items(
-        session=db, owner_id=None, page=crud.Page(skip=0, limit=100)
+        session=db, owner_id=None, page=Page(skip=0, limit=100)
     )
     assert all_count == 4
 
@@ -65,13 +66,13 @@ async def test_list_items_after_position_continues_newest_first(
     after = None
     while True:
         page, count = await crud.list_items(
-            session=db, owner_id=user.id, page=crud.Page(skip=0, limit=2, after=after)
+            session=db, owner_id=user.id, page=Page(skip=0, limit=2, after=after)
         )
         assert count == 5
         if not page:
             break
         seen += [row.id for row in page]
-        after = crud.Position(page[-1].created_at, page[-1].id)
+        after = Position(page[-1].created_at, page[-1].id)
     assert seen == [i.id for i in expected]
 
 
@@ -80,11 +81,11 @@ async def test_list_items_total_beside_empty_pages(
 ) -> None:
     # The total usually comes with the page's rows; these pages have none.
     assert await crud.list_items(
-        session=db, owner_id=user.id, page=crud.Page(skip=0, limit=10)
+        session=db, owner_id=user.id, page=Page(skip=0, limit=10)
     ) == ([], 0)
     await factories.create_item(db, owner=user)
     await factories.create_item(db, owner=user)
     past_the_end = await crud.list_items(
-        session=db, owner_id=user.id, page=crud.Page(skip=5, limit=10)
+        session=db, owner_id=user.id, page=Page(skip=5, limit=10)
     )
     assert past_the_end == ([], 2)

@@ -4,6 +4,7 @@ import pytest
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import crud
+from app.core.pagination import Page
 from app.models import Item, User, UserCreate, UserUpdate, UserUpdateMe
 from tests import factories
 
@@ -133,6 +134,6 @@ async def test_list_users_newest_first_with_total(db: AsyncSession) -> None:
         user.created_at = now - timedelta(minutes=age)
         db.add(user)
     await db.commit()
-    page, count = await crud.list_users(session=db, page=crud.Page(skip=1, limit=1))
+    page, count = await crud.list_users(session=db, page=Page(skip=1, limit=1))
     assert count == 3
     assert [u.id for u in page] == [users[1].id]

@@ -219,6 +219,30 @@ def test_request_id_passes_through_or_is_made_by_the_app(
     assert all(re.fullmatch(r"[0-9a-f]{32}", request_id) for request_id in made)
 
 
+def test_proxy_access_log_leaves_out_paths_with_an_email(
+    stack: Stack, proxy: httpx.Client
+) -> None:
+    """The proxy logs failed requests, except those whose path carries an email
+    address (the recovery paths); the backend's own log redacts it."""
+    address = "proxy-log-probe@example.com"
+    recovery = f"/api/v1/password-recovery/{address}"
+    # The second is refused (one email per address a minute): a 4xx the proxy logs.
+    assert [proxy.post(recovery).status_code for _ in range(2)] == [200, 429]
+    preview = f"/api/v1/password-recovery-html-content/{address}"
+    assert proxy.post(preview).status_code == 401
+    marker = proxy.get("/api/v1/users/me", headers={"X-Request-ID": "after-probe"})
+    assert marker.status_code == 401
+
+    wait_until(
+        lambda: "after-probe" in stack.log("traefik-access"),
+        timeout=10,
+        what="the proxy's access line of the request after the probe",
+    )
+    access_log = stack.log("traefik-access")
+    assert address not in access_log
+    assert "/api/v1/users/me" in access_log
+
+
 def test_backend_trusts_forwarded_headers_from_the_proxy_only(stack: Stack) -> None:
     """The replicas trust X-Forwarded-For from 127.0.0.1 (Traefik) only; Traefik
     replaces what a client sends with the client's real address. Clients here use

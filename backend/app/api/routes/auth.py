@@ -1,18 +1,20 @@
 from datetime import timedelta
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Request
 
 from app import crud
-from app.api.deps import CurrentUser, IssueTokens, SessionDep
-from app.api.responses import AUTHENTICATED, DATABASE_UNAVAILABLE, document
+from app.api import errors
+from app.api.deps import CurrentUser, SessionDep
+from app.api.errors import AUTHENTICATED, DATABASE, document
+from app.api.tokens import IssueTokens
 from app.core import supabase
 from app.models import AuthMe, AuthUser, SupabaseExchange, utcnow
 
-MISSING_TOKEN = "Missing Supabase token"
-
-# Included only when Supabase is configured (app/api/main.py).
+# Included only when Supabase is configured, `router` with the current-user
+# dependency (app/api/main.py).
 router = APIRouter(prefix="/auth", tags=["auth"])
+public_router = APIRouter(prefix="/auth", tags=["auth"])
 
 
 def _example(body: dict[str, Any]) -> dict[str, Any]:
@@ -25,9 +27,16 @@ USER_EXAMPLE = {
 }
 
 
-@router.get(
+@public_router.get(
     "/verify_supabase_token",
     responses={
+        **document(
+            errors.InactiveUser,
+            errors.EmailNotVerified,  # when REQUIRE_EMAIL_VERIFICATION
+            errors.SupabaseTokenRejected,
+            errors.SupabaseUnavailable,
+            DATABASE,
+        ),
         200: _example(
             {
                 "message": "Token verified",
@@ -38,18 +47,6 @@ USER_EXAMPLE = {
                 "expires_in": 1800,
             }
         ),
-        400: {"description": "Inactive user"},
-        403: {"description": "Email not verified (when REQUIRE_EMAIL_VERIFICATION)"},
-        401: {
-            "description": f"{MISSING_TOKEN}; {supabase.INVALID_TOKEN} (bad signature, "
-            "issuer or audience, unknown key, alg none); Supabase token has expired; "
-            "Supabase token carries no valid email; Anonymous Supabase users cannot sign in",
-            **_example({"detail": supabase.INVALID_TOKEN}),
-        },
-        503: {
-            "description": f"{supabase.UNAVAILABLE}; {DATABASE_UNAVAILABLE.detail}",
-            **_example({"detail": supabase.UNAVAILABLE}),
-        },
     },
 )
 async def verify_supabase_token(
@@ -59,20 +56,14 @@ async def verify_supabase_token(
     `sb-<project-ref>-auth-token` cookie) for this API's tokens; the user is
     found by email, or created."""
     token = supabase.token_from_request(request)
+    if token is None:
+        raise errors.SupabaseTokenRejected()  # missing
     try:
-        if token is None:
-            raise supabase.ProviderTokenError(MISSING_TOKEN)
         identity = await supabase.verify_supabase_token(token)
-    except supabase.ProviderUnavailableError as exc:
-        raise HTTPException(
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE, detail=exc.detail
-        )
+    except supabase.ProviderUnavailableError:
+        raise errors.SupabaseUnavailable()
     except supabase.ProviderTokenError as exc:
-        raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            detail=exc.detail,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise errors.SupabaseTokenRejected(exc.detail)
     user = await crud.get_or_create_external_user(session=session, email=identity.email)
     tokens = await issue_tokens(user)  # 400 inactive, 403 unverified
     assert tokens.refresh_token is not None and tokens.expires_in is not None

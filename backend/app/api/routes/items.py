@@ -1,16 +1,19 @@
 from fastapi import APIRouter
 
 from app import crud
-from app.api.deps import CurrentUser, OwnedItemDep, PageDep, SessionDep, next_cursor
-from app.api.responses import AUTHENTICATED, BODY, Error, document
+from app.api import errors
+from app.api.deps import CurrentUser, OwnedItemDep, PageDep, SessionDep
+from app.api.errors import AUTHENTICATED, BODY, document
+from app.core.pagination import page_of
 from app.models import Item, ItemCreate, ItemPublic, ItemsPublic, ItemUpdate, Message
 
+# Included with the current-user dependency (app/api/main.py).
 router = APIRouter(prefix="/items", tags=["items"])
 
-OWNED_ITEM = (
+OWNED_ITEM: tuple[errors.Error, ...] = (
     *AUTHENTICATED,
-    Error(404, "Item not found"),
-    Error(403, "Not enough permissions"),
+    errors.ItemNotFound,
+    errors.NotEnoughPermissions,
 )
 
 
@@ -21,13 +24,7 @@ async def read_items(
     """List your items, newest first (admins and superadmins see everyone's)."""
     owner_id = None if current_user.is_staff else current_user.id
     items, count = await crud.list_items(session=session, owner_id=owner_id, page=page)
-    # One validation of the whole page (not one per row): pydantic-core reads the rows.
-    page_content = {
-        "data": items,
-        "count": count,
-        "next_cursor": next_cursor(items, page),
-    }
-    return ItemsPublic.model_validate(page_content, from_attributes=True)
+    return page_of(ItemsPublic, items, count, page)
 
 
 @router.get("/{id}", response_model=ItemPublic, responses=document(OWNED_ITEM))

@@ -1,41 +1,24 @@
 import uuid
+from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import (
-    APIRouter,
-    BackgroundTasks,
-    Depends,
-    Form,
-    HTTPException,
-    Path,
-    status,
-)
+from fastapi import APIRouter, BackgroundTasks, Depends, Form, Path
 from fastapi.responses import HTMLResponse
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import EmailStr
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import crud, emails
+from app.api import errors
 from app.api.deps import (
     CurrentSessionId,
     CurrentSuperuser,
     CurrentUser,
-    EmailRequestsDep,
-    IssueTokens,
-    PasswordAttemptsDep,
     SessionDep,
-    access_token_response,
 )
-from app.api.responses import (
-    AUTHENTICATED,
-    BODY,
-    DATABASE,
-    EMAIL_NOT_VERIFIED,
-    INACTIVE_USER,
-    SUPERUSER,
-    TOO_MANY_ATTEMPTS,
-    Error,
-    document,
-)
+from app.api.errors import AUTHENTICATED, BODY, DATABASE, SUPERUSER, document
+from app.api.limits import EmailRequestsDep, PasswordAttemptsDep
+from app.api.tokens import IssueTokens, token_response
 from app.core import security
 from app.models import (
     EmailAddress,
@@ -44,23 +27,39 @@ from app.models import (
     NewPassword,
     RefreshRequest,
     Token,
+    User,
     UserPublic,
 )
 
+# Included with the current-user dependency (app/api/main.py); `public_router`
+# holds what works without an access token.
 router = APIRouter(tags=["login"])
+public_router = APIRouter(tags=["login"])
 
 RECOVERY_MESSAGE = "If that email is registered, we sent a password recovery link"
 VERIFICATION_MESSAGE = (
     "If that email is registered and not yet verified, we sent a verification link"
 )
 EmailPath = Annotated[EmailStr, Path(max_length=255)]
-invalid_token = HTTPException(
-    status_code=status.HTTP_400_BAD_REQUEST, detail="Invalid token"
-)
-inactive_user = HTTPException(
-    status_code=status.HTTP_400_BAD_REQUEST, detail="Inactive user"
-)
-INVALID_TOKEN = Error(400, "Invalid token")
+
+
+async def link_user(
+    session: AsyncSession,
+    token: str,
+    token_type: security.TokenType,
+    fits: tuple[str, Callable[[User], str]],
+) -> User:
+    """The user a recovery or verification link was made for, while the link still
+    fits the account: its claim `fits[0]` is `fits[1](user)` (a fingerprint of the
+    password or email it was sent for). 400 Invalid token otherwise."""
+    claims = security.decode_token(token, token_type=token_type)
+    user = (
+        await crud.get_user(session=session, user_id=claims.user_id) if claims else None
+    )
+    claim, expected = fits
+    if claims is None or user is None or claims.claims.get(claim) != expected(user):
+        raise errors.InvalidToken()
+    return user
 
 
 class LoginForm(OAuth2PasswordRequestForm):
@@ -85,14 +84,14 @@ class LoginForm(OAuth2PasswordRequestForm):
         )
 
 
-@router.post(
+@public_router.post(
     "/login/access-token",
     responses=document(
-        Error(400, "Incorrect email or password"),
-        INACTIVE_USER,
+        errors.IncorrectLogin,
+        errors.InactiveUser,
         BODY,
-        EMAIL_NOT_VERIFIED,  # when REQUIRE_EMAIL_VERIFICATION
-        TOO_MANY_ATTEMPTS,  # failed logins, per account and per client
+        errors.EmailNotVerified,  # when REQUIRE_EMAIL_VERIFICATION
+        errors.TooManyRequests,  # failed logins, per account and per client
         DATABASE,
     ),
 )
@@ -110,17 +109,14 @@ async def login_access_token(
         session=session, email=form_data.username, password=form_data.password
     )
     if user is None:
-        raise HTTPException(
-            status_code=status.HTTP_400_BAD_REQUEST,
-            detail="Incorrect email or password",
-        )
+        raise errors.IncorrectLogin()
     await attempts.succeeded(counted)
     return await issue_tokens(user)  # 400 inactive, 403 unverified
 
 
-@router.post(
+@public_router.post(
     "/login/refresh-token",
-    responses=document(Error(401, "Invalid refresh token"), BODY, DATABASE),
+    responses=document(errors.InvalidRefreshToken, BODY, DATABASE),
 )
 async def refresh_access_token(session: SessionDep, body: RefreshRequest) -> Token:
     """Trade a refresh token for a new access token and a new refresh token. Each
@@ -134,13 +130,9 @@ async def refresh_access_token(session: SessionDep, body: RefreshRequest) -> Tok
         else None
     )
     if rotated is None or user is None or not user.is_active:
-        raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            detail="Invalid refresh token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise errors.InvalidRefreshToken()
     user_session, refresh_token = rotated
-    return access_token_response(user, user_session.id, refresh_token)
+    return token_response(user, user_session.id, refresh_token)
 
 
 @router.post("/logout", responses=document(AUTHENTICATED))
@@ -166,9 +158,9 @@ async def test_token(current_user: CurrentUser) -> CurrentUser:
     return current_user
 
 
-@router.post(
+@public_router.post(
     "/password-recovery/{email}",
-    responses=document(TOO_MANY_ATTEMPTS, DATABASE),
+    responses=document(errors.TooManyRequests, DATABASE),
 )
 async def recover_password(
     email: EmailPath,
@@ -191,28 +183,23 @@ async def recover_password(
     return Message(message=RECOVERY_MESSAGE)
 
 
-@router.post(
+@public_router.post(
     "/reset-password/",
-    responses=document(INVALID_TOKEN, INACTIVE_USER, BODY, DATABASE),
+    responses=document(errors.InvalidToken, errors.InactiveUser, BODY, DATABASE),
 )
 async def reset_password(
     session: SessionDep, body: NewPassword, background_tasks: BackgroundTasks
 ) -> Message:
     """Set a new password with a password recovery token (usable once); every
     session of the account ends."""
-    token = security.decode_token(body.token, token_type="password_reset")
-    user = (
-        await crud.get_user(session=session, user_id=token.user_id) if token else None
+    user = await link_user(
+        session,
+        body.token,
+        "password_reset",
+        ("pwd", lambda user: security.password_fingerprint(user.hashed_password)),
     )
-    if (
-        token is None
-        or user is None
-        or token.claims.get("pwd")
-        != security.password_fingerprint(user.hashed_password)
-    ):
-        raise invalid_token
     if not user.is_active:
-        raise inactive_user
+        raise errors.InactiveUser()
     await crud.update_password(
         session=session, user=user, new_password=body.new_password
     )
@@ -222,26 +209,24 @@ async def reset_password(
     return Message(message="Password updated successfully")
 
 
-@router.post("/verify-email/", responses=document(INVALID_TOKEN, BODY, DATABASE))
+@public_router.post(
+    "/verify-email/", responses=document(errors.InvalidToken, BODY, DATABASE)
+)
 async def verify_email(session: SessionDep, body: EmailVerification) -> Message:
     """Confirm an email address with the token of a verification link."""
-    token = security.decode_token(body.token, token_type="email_verification")
-    user = (
-        await crud.get_user(session=session, user_id=token.user_id) if token else None
+    user = await link_user(
+        session,
+        body.token,
+        "email_verification",
+        ("eml", lambda user: security.fingerprint(user.email.lower())),
     )
-    if (
-        token is None
-        or user is None
-        or token.claims.get("eml") != security.fingerprint(user.email.lower())
-    ):
-        raise invalid_token
     await crud.mark_email_verified(session=session, user=user)
     return Message(message="Email verified successfully")
 
 
-@router.post(
+@public_router.post(
     "/verify-email/resend",
-    responses=document(BODY, TOO_MANY_ATTEMPTS, DATABASE),
+    responses=document(BODY, errors.TooManyRequests, DATABASE),
 )
 async def resend_verification_email(
     session: SessionDep,
@@ -267,11 +252,7 @@ async def resend_verification_email(
 @router.post(
     "/password-recovery-html-content/{email}",
     response_class=HTMLResponse,
-    responses=document(
-        SUPERUSER,
-        Error(404, "The user with this username does not exist in the system."),
-        json_only=True,
-    ),
+    responses=document(SUPERUSER, errors.UserEmailNotFound, json_only=True),
 )
 async def recover_password_html_content(
     email: EmailPath, session: SessionDep, _superuser: CurrentSuperuser
@@ -279,10 +260,7 @@ async def recover_password_html_content(
     """Show the password recovery email a user would get (superuser only)."""
     user = await crud.get_user_by_email(session=session, email=email)
     if user is None:
-        raise HTTPException(
-            status_code=status.HTTP_404_NOT_FOUND,
-            detail="The user with this username does not exist in the system.",
-        )
+        raise errors.UserEmailNotFound()
     token = security.create_password_reset_token(user.id, user.hashed_password)
     email_content = emails.reset_password_email(user.email, token)
     return HTMLResponse(

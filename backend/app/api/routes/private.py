@@ -1,21 +1,19 @@
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter
 
 from app import crud
+from app.api import errors
 from app.api.deps import SessionDep
-from app.api.responses import BODY, DATABASE, Error, document
+from app.api.errors import BODY, DATABASE, document
 from app.models import PrivateUserCreate, User, UserCreate, UserPublic
 
-router = APIRouter(prefix="/private", tags=["private"])
+# Public on purpose, and included in the local environment only (app/api/main.py).
+public_router = APIRouter(prefix="/private", tags=["private"])
 
 
-@router.post(
+@public_router.post(
     "/users/",
     response_model=UserPublic,
-    responses=document(
-        BODY,
-        Error(400, "The user with this email already exists in the system"),
-        DATABASE,
-    ),
+    responses=document(BODY, errors.SignupEmailTaken, DATABASE),
 )
 async def create_user(user_in: PrivateUserCreate, session: SessionDep) -> User:
     """Create a user directly, without authentication (local environment only)."""
@@ -26,7 +24,4 @@ async def create_user(user_in: PrivateUserCreate, session: SessionDep) -> User:
             verified=user_in.is_verified,
         )
     except crud.EmailAlreadyExistsError:
-        raise HTTPException(
-            status_code=status.HTTP_400_BAD_REQUEST,
-            detail="The user with this email already exists in the system",
-        )
+        raise errors.SignupEmailTaken()

@@ -1,35 +1,24 @@
 import uuid
 
-from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, status
+from fastapi import APIRouter, BackgroundTasks, Depends
 
 from app import crud, emails
+from app.api import errors
 from app.api.deps import (
     CheckedUserCreate,
     CheckedUserUpdate,
     CurrentSessionId,
     CurrentStaff,
     CurrentUser,
-    EmailRequestsDep,
     ManagedUser,
     PageDep,
-    PasswordAttemptsDep,
     SessionDep,
-    count_signup,
     ensure_can_manage,
-    next_cursor,
-    not_enough_privileges,
 )
-from app.api.responses import (
-    AUTHENTICATED,
-    BODY,
-    DATABASE,
-    ONLY_SUPERADMIN,
-    STAFF,
-    TOO_MANY_ATTEMPTS,
-    Error,
-    document,
-)
+from app.api.errors import AUTHENTICATED, BODY, DATABASE, STAFF, document
+from app.api.limits import EmailRequestsDep, PasswordAttemptsDep, count_signup
 from app.core import security
+from app.core.pagination import page_of
 from app.models import (
     Message,
     SessionPublic,
@@ -43,25 +32,15 @@ from app.models import (
     UserUpdateMe,
 )
 
+# Included with the current-user dependency (app/api/main.py); `public_router`
+# holds what works without an access token.
 router = APIRouter(prefix="/users", tags=["users"])
-
-EMAIL_TAKEN = "User with this email already exists"
-SUPERUSER_SELF_DELETION = Error(403, "Super users are not allowed to delete themselves")
-EMAIL_CONFLICT = Error(409, EMAIL_TAKEN)
-LAST_SUPERADMIN = Error(
-    409, "At least one active superadmin must remain: promote another user first"
-)
-last_superadmin = HTTPException(
-    status_code=status.HTTP_409_CONFLICT, detail=LAST_SUPERADMIN.detail
-)
+public_router = APIRouter(prefix="/users", tags=["users"])
 
 
 def forbid_self_deletion_of_superuser(user: User) -> None:
     if user.is_superuser:
-        raise HTTPException(
-            status_code=status.HTTP_403_FORBIDDEN,
-            detail="Super users are not allowed to delete themselves",
-        )
+        raise errors.SuperuserSelfDeletion()
 
 
 def send_verification_email(background_tasks: BackgroundTasks, user: User) -> None:
@@ -77,23 +56,14 @@ async def read_users(
 ) -> UsersPublic:
     """List users, newest first (admins and superadmins)."""
     users, count = await crud.list_users(session=session, page=page)
-    # One validation of the whole page (not one per row): pydantic-core reads the rows.
-    page_content = {
-        "data": users,
-        "count": count,
-        "next_cursor": next_cursor(users, page),
-    }
-    return UsersPublic.model_validate(page_content, from_attributes=True)
+    return page_of(UsersPublic, users, count, page)
 
 
 @router.post(
     "/",
     response_model=UserPublic,
     responses=document(
-        STAFF,
-        ONLY_SUPERADMIN,
-        BODY,
-        Error(400, "The user with this email already exists in the system."),
+        STAFF, errors.OnlySuperadminManagesStaff, BODY, errors.UserExists
     ),
 )
 async def create_user(
@@ -104,10 +74,7 @@ async def create_user(
     try:
         user = await crud.create_user(session=session, user_create=user_in)
     except crud.EmailAlreadyExistsError:
-        raise HTTPException(
-            status_code=status.HTTP_400_BAD_REQUEST,
-            detail="The user with this email already exists in the system.",
-        )
+        raise errors.UserExists()
     token = security.create_email_verification_token(user.id, user.email)
     background_tasks.add_task(
         emails.send_email, emails.new_account_email(user.email, token)
@@ -124,7 +91,7 @@ async def read_user_me(current_user: CurrentUser) -> User:
 @router.patch(
     "/me",
     response_model=UserPublic,
-    responses=document(AUTHENTICATED, BODY, EMAIL_CONFLICT, TOO_MANY_ATTEMPTS),
+    responses=document(AUTHENTICATED, BODY, errors.EmailTaken, errors.TooManyRequests),
 )
 async def update_user_me(
     session: SessionDep,
@@ -146,7 +113,7 @@ async def update_user_me(
             session=session, user=current_user, user_in=user_in
         )
     except crud.EmailAlreadyExistsError:
-        raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=EMAIL_TAKEN)
+        raise errors.EmailTaken()
     if user.email.lower() != old_email.lower():
         send_verification_email(background_tasks, user)
         background_tasks.add_task(
@@ -160,9 +127,9 @@ async def update_user_me(
     responses=document(
         AUTHENTICATED,
         BODY,
-        Error(400, "Incorrect password"),
-        Error(400, "New password cannot be the same as the current one"),
-        TOO_MANY_ATTEMPTS,
+        errors.IncorrectPassword,
+        errors.SamePassword,
+        errors.TooManyRequests,
     ),
 )
 async def update_password_me(
@@ -180,15 +147,10 @@ async def update_password_me(
         body.current_password, current_user.hashed_password
     )
     if not verified:
-        raise HTTPException(
-            status_code=status.HTTP_400_BAD_REQUEST, detail="Incorrect password"
-        )
+        raise errors.IncorrectPassword()
     await attempts.succeeded(counted)
     if body.current_password == body.new_password:
-        raise HTTPException(
-            status_code=status.HTTP_400_BAD_REQUEST,
-            detail="New password cannot be the same as the current one",
-        )
+        raise errors.SamePassword()
     await crud.update_password(
         session=session,
         user=current_user,
@@ -201,7 +163,7 @@ async def update_password_me(
     return Message(message="Password updated successfully")
 
 
-@router.delete("/me", responses=document(AUTHENTICATED, SUPERUSER_SELF_DELETION))
+@router.delete("/me", responses=document(AUTHENTICATED, errors.SuperuserSelfDeletion))
 async def delete_user_me(session: SessionDep, current_user: CurrentUser) -> Message:
     """Delete the current user and their items."""
     forbid_self_deletion_of_superuser(current_user)
@@ -228,7 +190,7 @@ async def read_sessions_me(
 
 @router.delete(
     "/me/sessions/{session_id}",
-    responses=document(AUTHENTICATED, Error(404, "Session not found")),
+    responses=document(AUTHENTICATED, errors.SessionNotFound),
 )
 async def revoke_session_me(
     session_id: uuid.UUID, session: SessionDep, current_user: CurrentUser
@@ -236,22 +198,15 @@ async def revoke_session_me(
     """End one of your sessions (e.g. a lost device)."""
     sessions = await crud.list_sessions(session=session, user_id=current_user.id)
     if session_id not in {user_session.id for user_session in sessions}:
-        raise HTTPException(
-            status_code=status.HTTP_404_NOT_FOUND, detail="Session not found"
-        )
+        raise errors.SessionNotFound()
     await crud.revoke_session_by_id(session=session, session_id=session_id)
     return Message(message="Session revoked")
 
 
-@router.post(
+@public_router.post(
     "/signup",
     response_model=UserPublic,
-    responses=document(
-        DATABASE,
-        BODY,
-        Error(400, "The user with this email already exists in the system"),
-        TOO_MANY_ATTEMPTS,
-    ),
+    responses=document(DATABASE, BODY, errors.SignupEmailTaken, errors.TooManyRequests),
     dependencies=[Depends(count_signup)],
 )
 async def register_user(
@@ -265,10 +220,7 @@ async def register_user(
             session=session, user_create=UserCreate.model_validate(user_in)
         )
     except crud.EmailAlreadyExistsError:
-        raise HTTPException(
-            status_code=status.HTTP_400_BAD_REQUEST,
-            detail="The user with this email already exists in the system",
-        )
+        raise errors.SignupEmailTaken()
     send_verification_email(background_tasks, user)
     return user
 
@@ -276,7 +228,7 @@ async def register_user(
 @router.get(
     "/{user_id}",
     response_model=UserPublic,
-    responses=document(STAFF, Error(404, "User not found")),
+    responses=document(STAFF, errors.UserNotFound),
 )
 async def read_user_by_id(
     user_id: uuid.UUID, session: SessionDep, current_user: CurrentUser
@@ -285,12 +237,10 @@ async def read_user_by_id(
     if user_id == current_user.id:
         return current_user
     if not current_user.is_staff:
-        raise not_enough_privileges
+        raise errors.NotEnoughPrivileges()
     user = await crud.get_user(session=session, user_id=user_id)
     if user is None:
-        raise HTTPException(
-            status_code=status.HTTP_404_NOT_FOUND, detail="User not found"
-        )
+        raise errors.UserNotFound()
     return user
 
 
@@ -299,11 +249,11 @@ async def read_user_by_id(
     response_model=UserPublic,
     responses=document(
         STAFF,
-        ONLY_SUPERADMIN,
+        errors.OnlySuperadminManagesStaff,
         BODY,
-        Error(404, "The user with this id does not exist in the system"),
-        EMAIL_CONFLICT,
-        LAST_SUPERADMIN,
+        errors.UserIdNotFound,
+        errors.EmailTaken,
+        errors.LastSuperadmin,
     ),
 )
 async def update_user(
@@ -318,9 +268,9 @@ async def update_user(
     try:
         user = await crud.update_user(session=session, user=user, user_in=user_in)
     except crud.EmailAlreadyExistsError:
-        raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=EMAIL_TAKEN)
+        raise errors.EmailTaken()
     except crud.LastSuperadminError:
-        raise last_superadmin
+        raise errors.LastSuperadmin()
     if user.email_verified_at is None and "email" in user_in.model_fields_set:
         send_verification_email(background_tasks, user)
     return user
@@ -330,10 +280,10 @@ async def update_user(
     "/{user_id}",
     responses=document(
         STAFF,
-        ONLY_SUPERADMIN,
-        SUPERUSER_SELF_DELETION,
-        Error(404, "User not found"),
-        LAST_SUPERADMIN,
+        errors.OnlySuperadminManagesStaff,
+        errors.SuperuserSelfDeletion,
+        errors.UserNotFound,
+        errors.LastSuperadmin,
     ),
 )
 async def delete_user(
@@ -342,14 +292,12 @@ async def delete_user(
     """Delete a user and their items (admins: ordinary users only)."""
     user = await crud.get_user(session=session, user_id=user_id)
     if user is None:
-        raise HTTPException(
-            status_code=status.HTTP_404_NOT_FOUND, detail="User not found"
-        )
+        raise errors.UserNotFound()
     if user.id == staff.id:
         forbid_self_deletion_of_superuser(user)
     ensure_can_manage(staff, user.role)
     try:
         await crud.delete_user(session=session, user=user)
     except crud.LastSuperadminError:
-        raise last_superadmin
+        raise errors.LastSuperadmin()
     return Message(message="User deleted successfully")

@@ -1,25 +1,26 @@
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, status
+from fastapi import APIRouter, BackgroundTasks, Query, status
 from pydantic import EmailStr
 
 from app import emails
+from app.api import errors
 from app.api.deps import CurrentSuperuser, SessionDep
-from app.api.responses import DATABASE, SUPERUSER, Error, document
+from app.api.errors import DATABASE, SUPERUSER, document
 from app.core.config import settings
 from app.core.db import database_ready
 from app.models import Message
 
+# Included with the current-user dependency (app/api/main.py); `public_router`
+# holds what works without an access token.
 router = APIRouter(prefix="/utils", tags=["utils"])
+public_router = APIRouter(prefix="/utils", tags=["utils"])
 
 
 @router.post(
     "/test-email/",
     status_code=status.HTTP_201_CREATED,
-    responses=document(
-        SUPERUSER,
-        Error(503, "Email is not configured: set SMTP_HOST and EMAILS_FROM_EMAIL"),
-    ),
+    responses=document(SUPERUSER, errors.EmailNotConfigured),
 )
 async def test_email(
     email_to: Annotated[EmailStr, Query(max_length=255)],
@@ -28,29 +29,20 @@ async def test_email(
 ) -> Message:
     """Send a test email (superuser only); delivery happens after the answer."""
     if not settings.emails_enabled:
-        raise HTTPException(
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="Email is not configured: set SMTP_HOST and EMAILS_FROM_EMAIL",
-        )
+        raise errors.EmailNotConfigured()
     background_tasks.add_task(emails.send_email, emails.test_email(email_to))
     return Message(message="Test email sent")
 
 
-@router.get("/health-check/")
+@public_router.get("/health-check/")
 async def health_check() -> bool:
     """Liveness: the process answers (the database is not touched)."""
     return True
 
 
-@router.get(
-    "/ready/",
-    responses=document(Error(503, "Database unavailable"), DATABASE),
-)
+@public_router.get("/ready/", responses=document(errors.DatabaseNotReady, DATABASE))
 async def readiness(session: SessionDep) -> bool:
     """Readiness: the database answers (503 while it does not)."""
     if not await database_ready(session):
-        raise HTTPException(
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="Database unavailable",
-        )
+        raise errors.DatabaseNotReady()
     return True
