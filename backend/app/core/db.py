@@ -1,10 +1,11 @@
 import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from typing import Any
 
 import psycopg
 from sqlalchemy import URL, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, PendingRollbackError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import ORMExecuteState, SessionTransaction
@@ -73,7 +74,9 @@ class CommitReadsSession(Session):
                 and not self.info.get(_WROTE)
                 and not (self.new or self.dirty or self.deleted)
             ):
-                self.commit()
+                # Unless a failed flush or a lost connection ended it: ROLLBACK below.
+                with suppress(PendingRollbackError):
+                    self.commit()
         finally:
             super().close()
 

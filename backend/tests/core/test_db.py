@@ -10,6 +10,7 @@ import pytest
 from fastapi import FastAPI, HTTPException
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import event, false, func, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import col, delete, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -55,6 +56,20 @@ def session_app() -> FastAPI:
     async def pending_then_404(session: SessionDep, key: str) -> None:
         await session.exec(select(1))
         session.add(AuthAttempt(key=key))
+        raise HTTPException(status_code=404, detail="Not here")
+
+    @app.get("/failed-flush-then-404")
+    async def failed_flush_then_404(session: SessionDep) -> None:
+        session.add(AuthAttempt(key="x" * 400))  # longer than the column allows
+        try:
+            await session.flush()
+        except DBAPIError:
+            raise HTTPException(status_code=404, detail="Not here") from None
+
+    @app.get("/lost-connection-then-404")
+    async def lost_connection_then_404(session: SessionDep) -> None:
+        await session.exec(select(1))
+        await (await session.connection()).invalidate()  # as when the server goes
         raise HTTPException(status_code=404, detail="Not here")
 
     @app.get("/update-then-404")
@@ -241,6 +256,26 @@ async def test_uncommitted_writes_are_rolled_back(
     assert (await session_client.get(path, params={"key": key})).status_code == 404
     assert transaction_ends == ["rollback"]
     assert await attempts(engine, key) == 0
+
+
+@pytest.mark.parametrize(
+    "path", ["/failed-flush-then-404", "/lost-connection-then-404"]
+)
+async def test_broken_transaction_keeps_the_routes_answer(
+    session_client: AsyncClient,
+    opened: list[AsyncSession],
+    engine: AsyncEngine,
+    path: str,
+) -> None:
+    """A transaction that a failed flush or a lost connection ended is not
+    committed: the route's own error is the answer, not a refused COMMIT."""
+    checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
+
+    response = await session_client.get(path)
+
+    assert response.status_code == 404
+    assert not opened[0].in_transaction()
+    assert engine.pool.checkedout() == checked_out  # type: ignore[attr-defined]
 
 
 async def test_uncommitted_statement_is_rolled_back(
