@@ -9,12 +9,17 @@ import uvicorn
 from alembic import command
 from alembic.config import Config
 
+from app import jobs, worker
 from app.core.config import settings
 from app.initial_data import create_superuser
 
 cli = typer.Typer(
-    help="Manage the backend: serve, migrate, seed.", no_args_is_help=True
+    help="Manage the backend: serve, migrate, seed, run jobs.", no_args_is_help=True
 )
+jobs_cli = typer.Typer(
+    help="Background jobs: failed ones, retries.", no_args_is_help=True
+)
+cli.add_typer(jobs_cli, name="jobs")
 ALEMBIC_INI = Path(__file__).parent / "alembic.ini"
 
 
@@ -84,6 +89,41 @@ def initdb() -> None:
     createsuperuser(
         email=settings.FIRST_SUPERUSER, password=settings.FIRST_SUPERUSER_PASSWORD
     )
+
+
+@cli.command("worker")
+def run_worker() -> None:
+    """Run background jobs (emails, clean-ups) until stopped (SIGINT/SIGTERM)."""
+    if jobs.in_process:
+        typer.echo("No job queue on SQLite: jobs run in the API's process.", err=True)
+        raise typer.Exit(1)
+    asyncio.run(worker.run())
+
+
+@jobs_cli.command("failed")
+def list_failed_jobs() -> None:
+    """List the jobs that failed for good (newest last)."""
+    failed = asyncio.run(worker.failed_jobs())
+    for job in failed:
+        typer.echo(
+            f"{job.id}\t{job.task_name}\ttries={job.attempts + 1}"
+            f"\trequest_id={job.task_kwargs.get('request_id', '-')}"
+        )
+    typer.echo(f"{len(failed)} failed job(s)")
+
+
+@jobs_cli.command("retry")
+def retry_jobs(
+    job_ids: Annotated[list[int] | None, typer.Argument(help="Job ids.")] = None,
+    all_failed: Annotated[
+        bool, typer.Option("--all-failed", help="Every failed job.")
+    ] = False,
+) -> None:
+    """Queue failed jobs again, by id or all of them."""
+    if not job_ids and not all_failed:
+        raise typer.BadParameter("give job ids or --all-failed")
+    retried = asyncio.run(worker.retry_failed(job_ids if not all_failed else None))
+    typer.echo(f"{retried} job(s) queued again")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@ import uuid
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, bindparam, tuple_, update
+from sqlalchemy import ColumnElement, bindparam, or_, tuple_, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, func, select
+from sqlmodel import col, delete, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import settings
@@ -423,3 +423,29 @@ async def update_item(
 async def delete_item(*, session: AsyncSession, item: Item) -> None:
     await session.delete(item)
     await session.commit()
+
+
+async def delete_ended_sessions(
+    *, session: AsyncSession, now: datetime
+) -> tuple[int, int]:
+    """Delete the refresh tokens of ended sessions (expired or revoked: they
+    can no longer be used), and the sessions that ended SESSIONS_KEEP_DAYS ago
+    (until then they tell the lockout which addresses signed in before).
+    Commits; returns (tokens, sessions) deleted."""
+    ended = select(UserSession.id).where(
+        or_(
+            col(UserSession.expires_at) <= now,
+            col(UserSession.revoked_at).is_not(None),
+        )
+    )
+    tokens = await session.exec(
+        delete(RefreshToken).where(col(RefreshToken.session_id).in_(ended))
+    )
+    cutoff = now - timedelta(days=settings.SESSIONS_KEEP_DAYS)
+    sessions = await session.exec(
+        delete(UserSession).where(
+            func.coalesce(UserSession.revoked_at, UserSession.expires_at) <= cutoff
+        )
+    )
+    await session.commit()
+    return int(tokens.rowcount), int(sessions.rowcount)

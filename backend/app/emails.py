@@ -200,28 +200,38 @@ def _log_subject(email: Email) -> str:
     return email.subject.replace(email.to, _masked(email.to))
 
 
-def _build_message(email: Email) -> EmailMessage:
+def _build_message(email: Email, message_id: str | None) -> EmailMessage:
     message = EmailMessage()
     message["From"] = formataddr(
         (settings.EMAILS_FROM_NAME or "", str(settings.EMAILS_FROM_EMAIL))
     )
     message["To"] = email.to
     message["Subject"] = email.subject
+    if message_id is not None:
+        message["Message-ID"] = message_id
     message.set_content(email.text)
     message.add_alternative(email.html, subtype="html")
     return message
 
 
-async def send_email(email: Email) -> bool:
-    """Deliver one email, retrying transient failures.
+class EmailNotSent(Exception):
+    """The last attempt failed: `transient` tells whether a later try may succeed."""
 
-    Failures are logged, never raised: this runs as a background task after the
-    response. Logs name the subject and the recipient's domain, never the body or links.
-    """
+    def __init__(self, description: str, *, transient: bool, attempts: int) -> None:
+        super().__init__(description)
+        self.transient = transient
+        self.attempts = attempts
+
+
+async def deliver(email: Email, *, message_id: str | None = None) -> bool:
+    """Deliver one email, retrying transient failures EMAIL_SEND_ATTEMPTS times;
+    False when email is not configured. Raises EmailNotSent when the server
+    refused it or could not be reached. Logs name the subject and the
+    recipient's domain, never the body or links."""
     if not settings.emails_enabled:
         logger.info("Email not configured (SMTP_HOST, EMAILS_FROM_EMAIL): not sent")
         return False
-    message = _build_message(email)
+    message = _build_message(email, message_id)
     max_attempts = settings.EMAIL_SEND_ATTEMPTS
     subject, recipient = _log_subject(email), _masked(email.to)
 
@@ -263,19 +273,34 @@ async def send_email(email: Email) -> bool:
                     start_tls=settings.SMTP_TLS and not settings.SMTP_SSL,
                     timeout=settings.SMTP_TIMEOUT,
                 )
-    except Exception as exc:
-        expected = isinstance(exc, aiosmtplib.SMTPException | OSError)
-        logger.error(
-            "Email %r to %s not sent (%s after %d of %d attempts): %s",
-            subject,
-            recipient,
-            "transient failure" if is_transient(exc) else "permanent failure",
-            attempts,
-            max_attempts,
-            _describe(exc, email),
-            # Anything but an SMTP or network error is a bug: keep its traceback.
-            exc_info=not expected,
-        )
-        return False
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise EmailNotSent(
+            _describe(exc, email), transient=is_transient(exc), attempts=attempts
+        ) from exc
     logger.info("Email %r to %s sent on attempt %d", subject, recipient, attempts)
     return True
+
+
+async def send_email(email: Email, *, message_id: str | None = None) -> bool:
+    """Deliver one email (see `deliver`); failures are logged, never raised."""
+    bug: Exception | None = None
+    try:
+        return await deliver(email, message_id=message_id)
+    except EmailNotSent as exc:
+        failure = "transient failure" if exc.transient else "permanent failure"
+        attempts, description = exc.attempts, str(exc)
+    except Exception as exc:
+        # Anything but an SMTP or network error is a bug: keep its traceback.
+        failure, attempts, bug = "permanent failure", 1, exc
+        description = _describe(exc, email)
+    logger.error(
+        "Email %r to %s not sent (%s after %d of %d attempts): %s",
+        _log_subject(email),
+        _masked(email.to),
+        failure,
+        attempts,
+        settings.EMAIL_SEND_ATTEMPTS,
+        description,
+        exc_info=bug,
+    )
+    return False

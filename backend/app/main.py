@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.middleware.cors import CORSMiddleware
 
+from app import jobs
 from app.api.errors import add_exception_handlers
 from app.api.main import api_router
 from app.api.routes import docs
@@ -37,6 +38,7 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     gc.collect()
     gc.freeze()
     yield
+    await jobs.wait_in_process()
     await engine.dispose()
 
 
@@ -53,6 +55,8 @@ app = FastAPI(
     generate_unique_id_function=custom_generate_unique_id,
     lifespan=lifespan,
 )
+# On SQLite, jobs run after the response, once the request's session is closed.
+app.add_middleware(jobs.InProcessJobsMiddleware)
 # Inside CORS, so that a browser can read the 413.
 app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES)
 if settings.all_cors_origins:

@@ -375,5 +375,18 @@ class SupabaseExchange(SQLModel):
     expires_in: int
 
 
+class JobCounts(SQLModel):
+    """Background jobs by status (procrastinate's statuses)."""
+
+    todo: int = Field(default=0, schema_extra={"examples": [2]})
+    doing: int = Field(default=0, schema_extra={"examples": [1]})
+    succeeded: int = Field(default=0, schema_extra={"examples": [5120]})
+    failed: int = Field(default=0, schema_extra={"examples": [1]})
+    cancelled: int = 0
+    aborted: int = 0
+    # True without PostgreSQL: jobs run in the API's process, none are counted.
+    in_process: bool = Field(default=False, schema_extra={"examples": [False]})
+
+
 class AuthMe(SQLModel):
     user: AuthUser

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Docker Compose stack without Docker, on loopback: Traefik in front of two
-# backend replicas (gunicorn + uvicorn workers), Adminer (PHP's built-in server)
-# and an SMTP sink, after scripts/prestart.sh. Traefik uses the same routers,
+# backend replicas (gunicorn + uvicorn workers), the jobs worker (on PostgreSQL),
+# Adminer (PHP's built-in server) and an SMTP sink, after scripts/prestart.sh. Traefik uses the same routers,
 # middlewares and services as in Docker: the files in ../traefik/dynamic/.
 #
 # Usage: bash scripts/stack.sh start|stop|status|run
@@ -351,6 +351,12 @@ start() {
             --control-socket "$STATE_DIR/backend-$i.ctl" \
             --graceful-timeout 10
     done
+
+    # Background jobs: a queue on PostgreSQL only (SQLite runs them in process).
+    if [ "$(python -c 'from app import jobs; print(jobs.in_process)')" = False ]; then
+        SMTP_HOST="$HOST" SMTP_PORT="$SMTP_PORT" SMTP_TLS=false SMTP_SSL=false \
+            launch worker python manage.py worker
+    fi
 
     wait_for "the SMTP sink" "$deadline" port_open "$SMTP_PORT"
     for i in $(seq 1 "$REPLICAS"); do

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # THE test command: installs what it needs, then runs the whole suite against
-# PostgreSQL and the database-dependent part again against SQLite (the stack,
-# compose, deploy, fuzz and fault tests run once: they check infrastructure,
-# fuzz a live server, or run a PostgreSQL cluster or a Docker Engine of their
-# own), with one coverage report that fails under 90%.
+# PostgreSQL and the database-dependent part again against SQLite (the groups
+# marked stack, docker, deploy, fuzz and faults run once: they check
+# infrastructure, fuzz a live server, or run a PostgreSQL cluster or a Docker
+# Engine of their own; `queue`, the job queue and its workers, exists on
+# PostgreSQL only), with one coverage report that fails under 90%.
+# The inner loop while coding: `uv run pytest -m "not slow"`.
 # PostgreSQL comes from POSTGRES_SERVER/PORT/USER/PASSWORD/DB (default
 # 127.0.0.1:5432, user postgres); the suite creates and drops its own
 # `<POSTGRES_DB>_test` database. Extra arguments go to pytest.
@@ -27,7 +29,7 @@ echo "== PostgreSQL (${POSTGRES_SERVER}:${POSTGRES_PORT}) =="
 uv run coverage run -m pytest "$@"
 echo "== SQLite =="
 DATABASE_URL="sqlite+aiosqlite:///$(mktemp -d)/app.db" \
-    uv run coverage run -m pytest --ignore=tests/stack --ignore=tests/compose \
-    --ignore=tests/deploy --ignore=tests/fuzz --ignore=tests/faults "$@"
+    uv run coverage run -m pytest \
+    -m "not (stack or docker or deploy or fuzz or faults or queue)" "$@"
 uv run coverage combine --quiet
 uv run coverage report

@@ -1,23 +1,14 @@
 """Fixtures: a fresh test database (never the app's own), migrated by Alembic;
-each test runs in a transaction rolled back at its end."""
+each test runs in a transaction rolled back at its end. Helpers are in tests/utils."""
 
 import os
-import socket
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from email import message_from_bytes, policy
-from email.message import EmailMessage
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
-import psycopg
 import pytest
 from aiosmtpd.controller import Controller
 from alembic import command
-from alembic.config import Config
-from httpx import ASGITransport, AsyncClient, Client
+from httpx import AsyncClient
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import delete
@@ -30,67 +21,46 @@ os.environ.setdefault(
     "SUPABASE_JWT_SECRET", "tests-supabase-jwt-secret-0123456789abcdef"
 )
 
-from app import crud
-from app.core import security
+from app import jobs
 from app.core.config import settings
-from app.core.db import create_engine, get_db
-from app.main import app
+from app.core.db import create_engine
 from app.models import AuthAttempt, Item, Role, User
-from tests import factories
+from tests.utils import factories
+from tests.utils.api import auth_headers, client_using
+from tests.utils.database import alembic_config, empty_database
+from tests.utils.servers import free_port
+from tests.utils.smtp import SmtpSink
+from tests.utils.supabase import FakeSupabase, serve_fake_supabase
 
-T = TypeVar("T")
-
-BACKEND_DIR = Path(__file__).resolve().parents[1]
-
-
-def _postgres_admin_dsn(url: URL) -> str:
-    admin = url.set(drivername="postgresql", database="postgres")
-    return admin.render_as_string(hide_password=False)
-
-
-def _recreate_postgres_database(url: URL) -> None:
-    assert url.database
-    with psycopg.connect(_postgres_admin_dsn(url), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{url.database}"')
-
-
-def _drop_postgres_database(url: URL) -> None:
-    with psycopg.connect(_postgres_admin_dsn(url), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+TESTS_DIR = Path(__file__).parent
+# Directories whose tests run real servers, clusters or engines: each gets its
+# marker and `slow`, so `-m "not slow"` is the inner loop (see pyproject.toml).
+GROUP_MARKERS = {
+    "compose": "docker",
+    "deploy": "deploy",
+    "faults": "faults",
+    "fuzz": "fuzz",
+    "stack": "stack",
+}
 
 
-def alembic_config(url: URL) -> Config:
-    config = Config(str(BACKEND_DIR / "alembic.ini"))
-    config.set_main_option(
-        "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
-    )
-    config.attributes["configure_logger"] = False
-    return config
-
-
-def _empty_database(suffix: str, tmp_dir: Path) -> Iterator[URL]:
-    """A new, empty database beside the configured one (`<name>_<suffix>`, or a temp
-    SQLite file), dropped afterwards. The app's own database is never touched."""
-    app_url = settings.SQLALCHEMY_DATABASE_URI
-    if app_url.get_backend_name() == "sqlite":
-        yield app_url.set(database=str(tmp_dir / f"{suffix}.db"))
-        return
-    url = app_url.set(database=f"{app_url.database}_{suffix}")
-    _recreate_postgres_database(url)
-    yield url
-    _drop_postgres_database(url)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = GROUP_MARKERS.get(item.path.relative_to(TESTS_DIR).parts[0])
+        if group:
+            item.add_marker(group)
+            item.add_marker("slow")
 
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
-    yield from _empty_database("test", tmp_path_factory.mktemp("db"))
+    yield from empty_database("test", tmp_path_factory.mktemp("db"))
 
 
 @pytest.fixture
 def scratch_database_url(tmp_path: Path) -> Iterator[URL]:
     """An empty database of its own, for tests of migrations and startup scripts."""
-    yield from _empty_database("test_scratch", tmp_path)
+    yield from empty_database("test_scratch", tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -114,36 +84,28 @@ def _no_real_email(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def db(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+async def db(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[AsyncSession]:
     """A session whose commits become savepoints of one transaction rolled back after the test."""
     async with engine.connect() as connection:
         transaction = await connection.begin()
-        session = AsyncSession(
-            bind=connection,
-            join_transaction_mode="create_savepoint",
-            expire_on_commit=False,
-        )
+
+        def join() -> AsyncSession:
+            return AsyncSession(
+                bind=connection,
+                join_transaction_mode="create_savepoint",
+                expire_on_commit=False,
+            )
+
+        session = join()
+        # Jobs run in process after the response, in this transaction (the
+        # queue and its worker are tested in tests/jobs).
+        monkeypatch.setattr(jobs, "in_process", True)
+        monkeypatch.setattr(jobs, "sessions", join)
         yield session
         await session.close()
         await transaction.rollback()
-
-
-@asynccontextmanager
-async def client_using(
-    get_session: Callable[[], AsyncIterator[AsyncSession]],
-    *,
-    raise_app_exceptions: bool = True,
-) -> AsyncIterator[AsyncClient]:
-    """An HTTP client on the app whose requests take their session from `get_session`.
-    An unhandled error is raised into the test, or with `raise_app_exceptions=False`
-    comes back as the bare 500 a real server sends."""
-    app.dependency_overrides[get_db] = get_session
-    try:
-        transport = ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
-        async with AsyncClient(transport=transport, base_url="http://test") as ac:
-            yield ac
-    finally:
-        app.dependency_overrides.clear()
 
 
 @pytest.fixture
@@ -156,10 +118,14 @@ async def client(db: AsyncSession) -> AsyncIterator[AsyncClient]:
 
 
 @pytest.fixture
-async def committing_client(engine: AsyncEngine) -> AsyncIterator[AsyncClient]:
+async def committing_client(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[AsyncClient]:
     """A client whose requests get their own sessions and really commit, for concurrency
     tests. Rows it leaves are deleted afterwards."""
     sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+    monkeypatch.setattr(jobs, "in_process", True)
+    monkeypatch.setattr(jobs, "sessions", sessions)
 
     async def get_committing_db() -> AsyncIterator[AsyncSession]:
         async with sessions() as session:
@@ -172,53 +138,6 @@ async def committing_client(engine: AsyncEngine) -> AsyncIterator[AsyncClient]:
         await session.exec(delete(User))
         await session.exec(delete(AuthAttempt))
         await session.commit()
-
-
-@dataclass
-class SmtpSink:
-    """A real SMTP server on loopback (aiosmtpd) that keeps what it receives."""
-
-    host: str
-    port: int
-    messages: list[EmailMessage] = field(default_factory=list)
-    recipients: list[list[str]] = field(default_factory=list)
-
-    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
-        message = message_from_bytes(envelope.content, policy=policy.default)
-        assert isinstance(message, EmailMessage)
-        self.messages.append(message)
-        self.recipients.append(list(envelope.rcpt_tos))
-        return "250 Message accepted for delivery"
-
-
-def wait_until(
-    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05
-) -> T:
-    """Poll `probe` until it returns something other than None or False."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-def live_login(client: Client, email: str, password: str) -> dict[str, str]:
-    """The Authorization header for a user, from a running server's login route."""
-    answer = client.post(
-        "/api/v1/login/access-token", data={"username": email, "password": password}
-    )
-    assert answer.status_code == 200, answer.text
-    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -238,13 +157,9 @@ def smtp_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpSink]:
     controller.stop()
 
 
-async def auth_headers(session: AsyncSession, user: User) -> dict[str, str]:
-    """Bearer headers of a new login session of `user` (as after a password login)."""
-    user_session, _ = await crud.create_session(
-        session=session, user=user, client_address="127.0.0.1", user_agent="tests"
-    )
-    token = security.create_access_token(user.id, user_session.id)
-    return {"Authorization": f"Bearer {token}"}
+@pytest.fixture
+def fake_supabase(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSupabase]:
+    yield from serve_fake_supabase(monkeypatch)
 
 
 @pytest.fixture

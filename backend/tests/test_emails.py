@@ -14,7 +14,8 @@ from asgi_correlation_id import CorrelationIdFilter, correlation_id
 
 from app import emails
 from app.core.config import settings
-from tests.conftest import SmtpSink, free_port
+from tests.utils.servers import free_port
+from tests.utils.smtp import SmtpSink
 
 SMTP_USER = "mailer"
 # The auth tests over a plain connection deliberately let aiosmtpd accept AUTH without TLS.
@@ -678,6 +679,21 @@ class TestSendEmailRetries:
         assert warning_logs(caplog) == []
         (logged,) = error_logs(caplog)
         assert "transient failure after 1 of 1 attempts" in logged
+
+    async def test_send_email_bug_is_logged_with_its_traceback(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        configure_smtp(monkeypatch, port=free_port())
+
+        async def broken(*_args: Any, **_kwargs: Any) -> None:
+            raise RuntimeError("bug for bug@example.com")
+
+        monkeypatch.setattr(aiosmtplib, "send", broken)
+
+        assert await send_test_email("bug@example.com") is False
+        [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert record.exc_info is not None and record.exc_info[0] is RuntimeError
+        assert "RuntimeError: bug for *@example.com" in record.getMessage()
 
     async def test_send_email_connection_refused_retried_then_gives_up(
         self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture

@@ -4,7 +4,6 @@ with two uvicorn workers, exercised over real HTTP."""
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +12,10 @@ import httpx
 import pytest
 from sqlalchemy import URL
 
-from tests.conftest import free_port
+from tests.utils.servers import answers, free_port, wait_until
+
+# Each test runs prestart.sh and a server of its own.
+pytestmark = pytest.mark.slow
 
 BACKEND_DIR = Path(__file__).resolve().parents[1]
 SUPERUSER = ("live-admin@example.com", "live-admin-password")
@@ -56,16 +58,8 @@ def serving(command: list[str], env: dict[str, str], log_path: Path) -> Iterator
             command, cwd=BACKEND_DIR, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    health = httpx.get(f"{base_url}/api/v1/utils/health-check/")
-                    if health.status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
-            else:
-                pytest.fail(f"the server did not start: {log_path.read_text()}")
+            health = f"{base_url}/api/v1/utils/health-check/"
+            wait_until(lambda: answers(health), 30, "the server to start", log=log_path)
             yield
         finally:
             server.terminate()

@@ -310,15 +310,22 @@ class TestLogging:
 
         assert entry["request_id"] == "-"
 
-    def test_json_lines_without_uvicorns_colours(self, restore_logging: None) -> None:
+    def test_json_lines_leave_a_records_extras_out(self, restore_logging: None) -> None:
+        """procrastinate logs each job with its arguments as `extra`."""
         setup_logging(json_lines=True)
-        record = make_record("Started server process [%d]", 42)
-        record.color_message = "Started server process [\x1b[36m%d\x1b[0m]"
+        record = make_record("Starting job send_test_email[1]()")
+        record.job = {"task_kwargs": {"email": "ada.lovelace@example.com"}}
 
-        entry = json.loads(self.line(record))
+        line = self.line(record)
 
-        assert entry["message"] == "Started server process [42]"
-        assert "color_message" not in entry
+        assert "ada.lovelace" not in line
+        assert set(json.loads(line)) == {
+            "time",
+            "level",
+            "logger",
+            "request_id",
+            "message",
+        }
 
     def test_text_lines_contain_request_id(self, restore_logging: None) -> None:
         setup_logging(json_lines=False)

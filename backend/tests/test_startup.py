@@ -1,51 +1,23 @@
-import logging
+"""The startup scripts on an empty database: scripts/prestart.sh and manage.py,
+run as the deployment runs them."""
+
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import URL, make_url
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import URL
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from tenacity import stop_after_attempt, wait_none
 
-from app.backend_pre_start import wait_for_database
 from app.core.db import create_engine
-from app.initial_data import ensure_superuser
 from app.models import Role, User
-from tests.conftest import free_port
+
+# Each test runs the scripts on a database of its own.
+pytestmark = pytest.mark.slow
 
 BACKEND_DIR = Path(__file__).resolve().parents[1]
-
-
-async def test_wait_for_database_returns_when_up(engine: AsyncEngine) -> None:
-    await wait_for_database(engine)
-
-
-async def test_wait_for_database_gives_up_after_bounded_retries(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    dead = create_engine(
-        make_url(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none")
-    )
-    bounded = wait_for_database.retry_with(stop=stop_after_attempt(3), wait=wait_none())
-    with caplog.at_level(logging.WARNING), pytest.raises(OperationalError):
-        await bounded(dead)
-    await dead.dispose()
-    assert len([r for r in caplog.records if "Retrying" in r.getMessage()]) == 2
-
-
-async def test_ensure_superuser_is_idempotent(db: AsyncSession) -> None:
-    first = await ensure_superuser(db, email="root@example.com", password="password123")
-    again = await ensure_superuser(
-        db, email="ROOT@example.com", password="other-password"
-    )
-    assert first.is_superuser
-    assert again.id == first.id
-    assert len((await db.exec(select(User))).all()) == 1
 
 
 def run_backend(args: list[str], database_url: URL) -> subprocess.CompletedProcess[str]:

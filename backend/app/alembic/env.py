@@ -20,6 +20,11 @@ target_metadata = SQLModel.metadata
 MIGRATIONS_LOCK_ID = 0x616C656D626963
 
 
+def include_name(name: str | None, type_: str, _parents: object) -> bool:
+    """Autogenerate compares our tables only: procrastinate's come from its SQL."""
+    return not (type_ == "table" and (name or "").startswith("procrastinate_"))
+
+
 def database_url() -> str:
     """The URL given with `sqlalchemy.url` (tests do), else the app's own."""
     return config.get_main_option(
@@ -32,6 +37,7 @@ def do_run_migrations(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
+        include_name=include_name,
         # SQLite can only ALTER a table by copying it: batch mode does that.
         render_as_batch=connection.dialect.name == "sqlite",
     )
@@ -60,6 +66,7 @@ def run_migrations_offline() -> None:
         target_metadata=target_metadata,
         literal_binds=True,
         compare_type=True,
+        include_name=include_name,
         render_as_batch=make_url(database_url()).get_backend_name() == "sqlite",
     )
     with context.begin_transaction():

@@ -115,18 +115,25 @@ async def checked_user_create(staff: CurrentStaff, user_in: UserCreate) -> UserC
 CheckedUserCreate = Annotated[UserCreate, Depends(checked_user_create)]
 
 
-async def get_managed_user(
-    user_id: uuid.UUID, session: SessionDep, staff: CurrentStaff
-) -> User:
-    """The user `user_id`, if the caller may manage them."""
-    user = await crud.get_user(session=session, user_id=user_id)
-    if user is None:
-        raise errors.UserIdNotFound()
-    ensure_can_manage(staff, user.role)
-    return user
+class ManagedUserLoader:
+    """The user of the path's `user_id`, if the caller may manage them; a missing
+    one answers `not_found` (the contract's texts differ by route)."""
+
+    def __init__(self, not_found: type[errors.ApiError]) -> None:
+        self.not_found = not_found
+
+    async def __call__(
+        self, user_id: uuid.UUID, session: SessionDep, staff: CurrentStaff
+    ) -> User:
+        user = await crud.get_user(session=session, user_id=user_id)
+        if user is None:
+            raise self.not_found()
+        ensure_can_manage(staff, user.role)
+        return user
 
 
-ManagedUser = Annotated[User, Depends(get_managed_user)]
+ManagedUser = Annotated[User, Depends(ManagedUserLoader(errors.UserIdNotFound))]
+DeletableUser = Annotated[User, Depends(ManagedUserLoader(errors.UserNotFound))]
 
 
 async def checked_user_update(

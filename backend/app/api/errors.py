@@ -30,175 +30,171 @@ class ErrorResponse(BaseModel):
 
 
 class ApiError(HTTPException):
-    """An answer with a fixed status and `detail`. Subclasses give both as class
-    keywords; `detail` may be a pattern (`<Retry-After>`) shown by `example`, and
-    `variants` lists other texts the same error may carry."""
+    """An answer with a fixed status and `detail`, both given by each subclass."""
 
-    status: ClassVar[int]
-    message: ClassVar[str]
-    example: ClassVar[str | None]
-    variants: ClassVar[tuple[str, ...]]
-
-    def __init_subclass__(
-        cls,
-        *,
-        status: int,
-        detail: str,
-        example: str | None = None,
-        variants: tuple[str, ...] = (),
-    ) -> None:
-        super().__init_subclass__()
-        cls.status, cls.message = status, detail
-        cls.example, cls.variants = example, variants
+    status_code: int
+    detail: str
+    # For a `detail` that is a pattern (`<Retry-After>`): the text with examples.
+    example: ClassVar[str | None] = None
+    # Other texts the same error may carry (raised with the text).
+    variants: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, detail: str | None = None) -> None:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        super().__init__(self.status, detail or self.message, headers)
+        headers = {"WWW-Authenticate": "Bearer"} if self.status_code == 401 else None
+        super().__init__(self.status_code, detail or type(self).detail, headers)
 
 
 # Raised by FastAPI itself, documented here.
-class NotAuthenticated(ApiError, status=401, detail="Not authenticated"): ...
+class NotAuthenticated(ApiError):
+    status_code = 401
+    detail = "Not authenticated"
 
 
-class UnparsableBody(
-    ApiError, status=400, detail="There was an error parsing the body"
-): ...
+class UnparsableBody(ApiError):
+    status_code = 400
+    detail = "There was an error parsing the body"
 
 
 # Handled below.
-class DatabaseUnavailable(
-    ApiError, status=503, detail="Database unavailable, try again later"
-): ...
+class DatabaseUnavailable(ApiError):
+    status_code = 503
+    detail = "Database unavailable, try again later"
 
 
-class TooManyRequests(
-    ApiError,
-    status=429,
-    detail="Too many attempts: try again in <Retry-After> seconds",
-    example="Too many attempts: try again in 60 seconds",
-): ...
+class TooManyRequests(ApiError):
+    status_code = 429
+    detail = "Too many attempts: try again in <Retry-After> seconds"
+    example = "Too many attempts: try again in 60 seconds"
 
 
 # Authentication and authorization (app/api/deps.py).
-class BadCredentials(ApiError, status=401, detail="Could not validate credentials"): ...
+class BadCredentials(ApiError):
+    status_code = 401
+    detail = "Could not validate credentials"
 
 
-class InactiveUser(ApiError, status=400, detail="Inactive user"): ...
+class InactiveUser(ApiError):
+    status_code = 400
+    detail = "Inactive user"
 
 
-class NotEnoughPrivileges(
-    ApiError, status=403, detail="The user doesn't have enough privileges"
-): ...
+class NotEnoughPrivileges(ApiError):
+    status_code = 403
+    detail = "The user doesn't have enough privileges"
 
 
-class OnlySuperadminManagesStaff(
-    ApiError,
-    status=403,
-    detail="Only a superadmin can create, change or delete admins and superadmins",
-): ...
+class OnlySuperadminManagesStaff(ApiError):
+    status_code = 403
+    detail = "Only a superadmin can create, change or delete admins and superadmins"
 
 
-class EmailNotVerified(
-    ApiError,
-    status=403,
-    detail="Email not verified: use the link we sent, or ask for a new one",
-): ...
+class EmailNotVerified(ApiError):
+    status_code = 403
+    detail = "Email not verified: use the link we sent, or ask for a new one"
 
 
-class NotEnoughPermissions(ApiError, status=403, detail="Not enough permissions"): ...
+class NotEnoughPermissions(ApiError):
+    status_code = 403
+    detail = "Not enough permissions"
 
 
 # Login, tokens and links.
-class IncorrectLogin(ApiError, status=400, detail="Incorrect email or password"): ...
+class IncorrectLogin(ApiError):
+    status_code = 400
+    detail = "Incorrect email or password"
 
 
-class InvalidRefreshToken(ApiError, status=401, detail="Invalid refresh token"): ...
+class InvalidRefreshToken(ApiError):
+    status_code = 401
+    detail = "Invalid refresh token"
 
 
-class InvalidToken(ApiError, status=400, detail="Invalid token"): ...
+class InvalidToken(ApiError):
+    status_code = 400
+    detail = "Invalid token"
 
 
-class IncorrectPassword(ApiError, status=400, detail="Incorrect password"): ...
+class IncorrectPassword(ApiError):
+    status_code = 400
+    detail = "Incorrect password"
 
 
-class SamePassword(
-    ApiError, status=400, detail="New password cannot be the same as the current one"
-): ...
+class SamePassword(ApiError):
+    status_code = 400
+    detail = "New password cannot be the same as the current one"
 
 
-class SupabaseTokenRejected(
-    ApiError,
-    status=401,
-    detail=supabase.MISSING_TOKEN,
-    variants=supabase.REJECTIONS,
-): ...
+class SupabaseTokenRejected(ApiError):
+    status_code = 401
+    detail = supabase.MISSING_TOKEN
+    variants = supabase.REJECTIONS
 
 
-class SupabaseUnavailable(ApiError, status=503, detail=supabase.UNAVAILABLE): ...
+class SupabaseUnavailable(ApiError):
+    status_code = 503
+    detail = supabase.UNAVAILABLE
 
 
 # Users and items.
-class UserNotFound(ApiError, status=404, detail="User not found"): ...
+class UserNotFound(ApiError):
+    status_code = 404
+    detail = "User not found"
 
 
-class UserIdNotFound(
-    ApiError, status=404, detail="The user with this id does not exist in the system"
-): ...
+class UserIdNotFound(ApiError):
+    status_code = 404
+    detail = "The user with this id does not exist in the system"
 
 
-class UserEmailNotFound(
-    ApiError,
-    status=404,
-    detail="The user with this username does not exist in the system.",
-): ...
+class UserEmailNotFound(ApiError):
+    status_code = 404
+    detail = "The user with this username does not exist in the system."
 
 
-class UserExists(
-    ApiError,
-    status=400,
-    detail="The user with this email already exists in the system.",
-): ...
+class UserExists(ApiError):
+    status_code = 400
+    detail = "The user with this email already exists in the system."
 
 
-class SignupEmailTaken(
-    ApiError,
-    status=400,
-    detail="The user with this email already exists in the system",
-): ...
+class SignupEmailTaken(ApiError):
+    status_code = 400
+    detail = "The user with this email already exists in the system"
 
 
-class EmailTaken(
-    ApiError, status=409, detail="User with this email already exists"
-): ...
+class EmailTaken(ApiError):
+    status_code = 409
+    detail = "User with this email already exists"
 
 
-class SuperuserSelfDeletion(
-    ApiError, status=403, detail="Super users are not allowed to delete themselves"
-): ...
+class SuperuserSelfDeletion(ApiError):
+    status_code = 403
+    detail = "Super users are not allowed to delete themselves"
 
 
-class LastSuperadmin(
-    ApiError,
-    status=409,
-    detail="At least one active superadmin must remain: promote another user first",
-): ...
+class LastSuperadmin(ApiError):
+    status_code = 409
+    detail = "At least one active superadmin must remain: promote another user first"
 
 
-class SessionNotFound(ApiError, status=404, detail="Session not found"): ...
+class SessionNotFound(ApiError):
+    status_code = 404
+    detail = "Session not found"
 
 
-class ItemNotFound(ApiError, status=404, detail="Item not found"): ...
+class ItemNotFound(ApiError):
+    status_code = 404
+    detail = "Item not found"
 
 
 # Utilities.
-class EmailNotConfigured(
-    ApiError,
-    status=503,
-    detail="Email is not configured: set SMTP_HOST and EMAILS_FROM_EMAIL",
-): ...
+class EmailNotConfigured(ApiError):
+    status_code = 503
+    detail = "Email is not configured: set SMTP_HOST and EMAILS_FROM_EMAIL"
 
 
-class DatabaseNotReady(ApiError, status=503, detail="Database unavailable"): ...
+class DatabaseNotReady(ApiError):
+    status_code = 503
+    detail = "Database unavailable"
 
 
 Error = type[ApiError]
@@ -246,8 +242,8 @@ def document(*groups: Error | Iterable[Error], json_only: bool = False) -> Respo
     by_status: dict[int, dict[str, str]] = {}
     for group in groups:
         for error in [group] if isinstance(group, type) else group:
-            texts = by_status.setdefault(error.status, {})
-            texts.setdefault(error.message, error.example or error.message)
+            texts = by_status.setdefault(error.status_code, {})
+            texts.setdefault(error.detail, error.example or error.detail)
             for text in error.variants:
                 texts.setdefault(text, text)
     responses: Responses = {}
@@ -276,19 +272,18 @@ def document(*groups: Error | Iterable[Error], json_only: bool = False) -> Respo
 
 async def too_many_attempts(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ratelimit.TooManyAttempts)
-    detail = TooManyRequests.message.replace("<Retry-After>", str(exc.retry_after))
+    detail = TooManyRequests.detail.replace("<Retry-After>", str(exc.retry_after))
     return JSONResponse(
-        status_code=TooManyRequests.status,
+        status_code=TooManyRequests.status_code,
         content={"detail": detail},
         headers={"Retry-After": str(exc.retry_after)},
-        background=exc.background,
     )
 
 
 def database_unavailable() -> JSONResponse:
     return JSONResponse(
-        status_code=DatabaseUnavailable.status,
-        content={"detail": DatabaseUnavailable.message},
+        status_code=DatabaseUnavailable.status_code,
+        content={"detail": DatabaseUnavailable.detail},
     )
 
 

@@ -4,9 +4,8 @@ email, sign-ups (the limiter and its rules: app/core/ratelimit.py)."""
 from typing import Annotated
 
 from fastapi import Depends
-from starlette.background import BackgroundTask
 
-from app import crud, emails
+from app import crud, jobs
 from app.api.deps import ClientAddress, SessionDep
 from app.core import ratelimit
 
@@ -51,16 +50,16 @@ class PasswordAttempts:
             )
         except ratelimit.TooManyAttempts as refused:
             if refused.rule == per_account_client[0]:
-                refused.background = await self._owner_alert(account)
+                await self._owner_alert(account)
             raise
         try:
             counted += await ratelimit.attempt_all(self.limiter, [per_account])
-        except ratelimit.TooManyAttempts as refused:
+        except ratelimit.TooManyAttempts:
             if not await crud.has_signed_in_from(
                 session=self.session, email=account, client_address=self.client_address
             ):
                 await ratelimit.forgive_all(self.limiter, counted)
-                refused.background = await self._owner_alert(account)
+                await self._owner_alert(account)
                 raise
         return counted
 
@@ -71,18 +70,14 @@ class PasswordAttempts:
         )
         await ratelimit.forgive_all(self.limiter, others)
 
-    async def _owner_alert(self, account: str) -> BackgroundTask | None:
-        """The email to the owner of `account`, unless sent in this window already."""
+    async def _owner_alert(self, account: str) -> None:
+        """Email the owner of `account` (a job: it looks the account up), unless
+        sent in this window already."""
         try:
             await self.limiter.attempt(ratelimit.login_alert_rule(), account)
         except ratelimit.TooManyAttempts:
-            return None
-        user = await crud.get_user_by_email(session=self.session, email=account)
-        if user is None:
-            return None
-        return BackgroundTask(
-            emails.send_email, emails.login_attempts_email(user.email)
-        )
+            return
+        await jobs.send_soon(self.session, jobs.send_login_alert, email=account)
 
 
 PasswordAttemptsDep = Annotated[PasswordAttempts, Depends()]

@@ -157,6 +157,24 @@ class Settings(BaseSettings):
     # Transient SMTP failures (connection refused, 4xx replies) are retried.
     EMAIL_SEND_ATTEMPTS: int = Field(default=3, ge=1)
     EMAIL_RETRY_WAIT_SECONDS: float = Field(default=2.0, ge=0)
+    # An email job whose sends keep failing transiently is retried, waits doubling
+    # from EMAIL_JOB_RETRY_WAIT_SECONDS up to an hour, for EMAIL_DELIVERY_HOURS;
+    # then it is marked failed (`manage.py jobs retry` sends it again).
+    EMAIL_DELIVERY_HOURS: float = Field(default=24, gt=0)
+    EMAIL_JOB_RETRY_WAIT_SECONDS: float = Field(default=60, gt=0)
+
+    # Background jobs (procrastinate, in PostgreSQL; in process on SQLite)
+    JOBS_WORKER_CONCURRENCY: int = Field(default=4, ge=1)
+    # How often an idle worker looks for jobs that became due (new jobs wake it
+    # at once through LISTEN/NOTIFY).
+    JOBS_POLL_SECONDS: float = Field(default=5.0, gt=0)
+    # A worker silent this long is taken for dead: its running jobs run again.
+    JOBS_STALLED_SECONDS: float = Field(default=60, ge=5)
+    # Succeeded and cancelled jobs are deleted after this long; failed ones stay.
+    JOBS_KEEP_DAYS: int = Field(default=14, ge=1)
+    # Ended sessions (expired or revoked) stay listed for the lockout's "signed in
+    # from this address before" this long, then are deleted.
+    SESSIONS_KEEP_DAYS: int = Field(default=90, ge=1)
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -127,3 +127,10 @@ async def database_ready(session: AsyncSession) -> bool:
     except (DBAPIError, SQLAlchemyTimeoutError, OSError):
         return False
     return True
+
+
+def mark_written(session: AsyncSession) -> None:
+    """Note a write made on the session's connection outside the ORM (a deferred
+    job), so that closing the session rolls it back, not commits it, if left
+    uncommitted."""
+    session.info[_WROTE] = True

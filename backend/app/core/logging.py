@@ -1,14 +1,14 @@
 """One logging setup: readable lines locally, JSON lines elsewhere, a request id on
 each (asgi-correlation-id's middleware, in app/main.py, and its filter)."""
 
+import json
 import logging
 import logging.config
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from asgi_correlation_id import CorrelationIdFilter
-from pythonjsonlogger.core import RESERVED_ATTRS
-from pythonjsonlogger.json import JsonFormatter
 
 # Only safe, short ids are taken from a client, so that it cannot forge log lines.
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -23,9 +23,15 @@ def is_safe_request_id(request_id: str) -> bool:
 _EMAIL_IN_PATH = re.compile(r"[^/?#&=\s]*(?:@|%40)[^/?#&=\s]*", re.IGNORECASE)
 
 
+# An address in a job's arguments, as procrastinate logs them ("email='a@b.c'").
+_EMAIL_ADDRESS = re.compile(r"[^\s'\"@]+@([^\s'\"@,)]+)")
+
+
 class RedactEmailFilter(logging.Filter):
-    """Access lines without the email addresses some paths carry: uvicorn's
-    access record has the path (with its query) as its third argument."""
+    """Lines without the email addresses some paths carry (uvicorn's access
+    record has the path, with its query, as its third argument) or job
+    arguments hold (procrastinate's worker names each job with them): only
+    the domain stays, as in app/emails.py."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
@@ -36,23 +42,30 @@ class RedactEmailFilter(logging.Filter):
         ):
             path = _EMAIL_IN_PATH.sub("[email]", str(args[2]))
             record.args = (*args[:2], path, *args[3:])
+        elif record.name.startswith("procrastinate"):
+            record.msg = _EMAIL_ADDRESS.sub(r"*@\1", record.getMessage())
+            record.args = None
         return True
 
 
+class JsonFormatter(logging.Formatter):
+    """These fields only. python-json-logger would add every `extra` of a record:
+    procrastinate's carry the job's arguments, email addresses included."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "request_id": getattr(record, "correlation_id", "-"),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
 TEXT_FORMAT = "%(asctime)s %(levelname)-5s [%(correlation_id)s] %(name)s: %(message)s"
-JSON_FORMAT: dict[str, Any] = {
-    "()": JsonFormatter,
-    "fmt": ["levelname", "name", "correlation_id", "message"],
-    "timestamp": "time",
-    "rename_fields": {
-        "levelname": "level",
-        "name": "logger",
-        "correlation_id": "request_id",
-        "exc_info": "exception",
-    },
-    # uvicorn's copy of its message with terminal colours.
-    "reserved_attrs": [*RESERVED_ATTRS, "color_message"],
-}
 
 
 def setup_logging(*, json_lines: bool, level: str = "INFO") -> None:
@@ -65,7 +78,9 @@ def setup_logging(*, json_lines: bool, level: str = "INFO") -> None:
                 "redact_email": {"()": RedactEmailFilter},
             },
             "formatters": {
-                "default": JSON_FORMAT if json_lines else {"format": TEXT_FORMAT}
+                "default": {"()": JsonFormatter}
+                if json_lines
+                else {"format": TEXT_FORMAT}
             },
             "handlers": {
                 "default": {

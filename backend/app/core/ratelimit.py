@@ -22,7 +22,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import ColumnElement
 from sqlmodel import col, delete, func, insert, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from starlette.background import BackgroundTask
 
 from app.core.config import settings
 from app.models import AuthAttempt, utcnow
@@ -45,9 +44,6 @@ class TooManyAttempts(Exception):
         super().__init__(f"Too many attempts; retry after {retry_after} seconds")
         self.rule = rule
         self.retry_after = retry_after
-        # Run after the 429 is sent (a route's BackgroundTasks are dropped with
-        # its exception): e.g. warning an account's owner.
-        self.background: BackgroundTask | None = None
 
 
 class RateLimiter(Protocol):
@@ -168,6 +164,29 @@ def _window(rule: Rule) -> timedelta:
 # ascending position (count - limit) has left it: both backends read just that one.
 
 
+def longest_window_seconds() -> int:
+    """Events older than this count under no rule."""
+    return max(
+        settings.LOGIN_FAILURE_WINDOW_SECONDS,
+        settings.EMAIL_REQUEST_WINDOW_SECONDS,
+        settings.EMAIL_COOLDOWN_SECONDS,
+        settings.SIGNUP_WINDOW_SECONDS,
+    )
+
+
+async def delete_expired_attempts(session: AsyncSession, *, now: datetime) -> int:
+    """Delete the rows of auth_attempts older than every window (a periodic job:
+    `attempt` prunes only a batch at a time); commits, returns their number."""
+    deleted = await session.exec(
+        delete(AuthAttempt).where(
+            col(AuthAttempt.attempted_at)
+            <= now - timedelta(seconds=longest_window_seconds())
+        )
+    )
+    await session.commit()
+    return int(deleted.rowcount)
+
+
 class DatabaseRateLimiter:
     """Events as rows of auth_attempts, in (and committing) the caller's session."""
 
@@ -219,13 +238,7 @@ class DatabaseRateLimiter:
         # Keys never seen again: a bounded batch of the oldest rows, on the
         # attempted_at index. SKIP LOCKED (PostgreSQL; SQLite has no row locks and
         # serialises writers) lets concurrent attempts prune without waiting or deadlocks.
-        longest = max(
-            rule.window_seconds,
-            settings.LOGIN_FAILURE_WINDOW_SECONDS,
-            settings.EMAIL_REQUEST_WINDOW_SECONDS,
-            settings.EMAIL_COOLDOWN_SECONDS,
-            settings.SIGNUP_WINDOW_SECONDS,
-        )
+        longest = max(rule.window_seconds, longest_window_seconds())
         expired = (
             select(AuthAttempt.id)
             .where(col(AuthAttempt.attempted_at) <= now - timedelta(seconds=longest))

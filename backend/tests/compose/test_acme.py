@@ -12,14 +12,15 @@ import httpx
 import pytest
 from cryptography import x509
 
-from tests.acme import (
+from tests.utils.acme import (
     ISSUED,
     acme_certificate,
     dns_names,
     pebble_root,
     write_pebble_config,
 )
-from tests.compose.conftest import Engine, Stack, production_env, stack
+from tests.utils.compose import Engine, Stack, production_env, stack
+from tests.utils.servers import wait_until
 
 NAME = "fsm-acme"
 # Resolves to the proxy on the stack's network only (an alias in acme-pebble.yml);
@@ -111,7 +112,13 @@ def test_certificate_is_pebbles_for_domain_over_tls_alpn_01(
 def test_health_check_over_https_with_hsts(acme: AcmeStack) -> None:
     verify = ssl.create_default_context(cafile=str(acme.root))
     with httpx.Client(verify=verify, timeout=10) as client:
-        answer = https(client, HEALTH)
+
+        def answered() -> httpx.Response | None:
+            # Traefik answers 404 until its own check of the backend passes.
+            answer = https(client, HEALTH)
+            return None if answer.status_code == 404 else answer
+
+        answer = wait_until(answered, 30, "a backend replica behind the proxy", 0.5)
     assert answer.status_code == 200
     assert answer.json() is True
     assert answer.headers["strict-transport-security"].startswith("max-age=")

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.compose.conftest import REPO, Engine, Stack, stack
-from tests.compose.dap import DapSession
-from tests.conftest import wait_until
+from tests.utils.compose import REPO, Engine, Stack, stack
+from tests.utils.dap import DapSession
+from tests.utils.servers import wait_until
 
 NAME = "fsm-development"
 BACKEND = "http://localhost:18000"  # the backend's own published port
@@ -79,7 +79,7 @@ def test_watch_warns_of_nothing_and_an_edit_is_served_within_5_s(
         # watch runs `up` first, which may recreate the backend: let it start.
         development.wait_healthy(f"{BACKEND}/api/v1/utils/health-check/", 120)
         routes.write_text(
-            original + f'\n\n@router.get("/reload-probe/")\n'
+            original + f'\n\n@public_router.get("/reload-probe/")\n'
             f"async def reload_probe() -> str:\n    return {token!r}\n"
         )
         edited = time.monotonic()
@@ -176,8 +176,7 @@ def test_debugpy_attaches_and_stops_at_a_breakpoint_in_a_route(
         development.wait_healthy(f"{PROXY}/api/v1/utils/health-check/", 120)
 
 
-@pytest.mark.usefixtures("development")
-def test_password_recovery_email_reaches_mailpit() -> None:
+def test_password_recovery_email_reaches_mailpit(development: Stack) -> None:
     superuser = "admin@example.com"  # FIRST_SUPERUSER of the repo's .env
     answer = httpx.post(f"{PROXY}/api/v1/password-recovery/{superuser}", timeout=30)
     assert answer.status_code == 200
@@ -192,6 +191,9 @@ def test_password_recovery_email_reaches_mailpit() -> None:
 
     message = wait_until(delivered, timeout=30, what="the email", interval=0.5)
     assert "recovery" in message["Subject"].lower()
+    # Sent by the worker service, from the queue in PostgreSQL.
+    logs = development.compose("logs", "--no-log-prefix", "worker").stdout
+    assert "send_password_recovery" in logs, logs[-3000:]
 
 
 @pytest.mark.usefixtures("development")

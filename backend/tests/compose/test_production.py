@@ -14,14 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.compose.conftest import (
+from tests.utils.compose import (
     SUPERUSER,
     Engine,
     Stack,
     production_env,
     stack,
 )
-from tests.conftest import live_login, wait_until
+from tests.utils.servers import live_login, wait_until
 
 NAME = "fsm-production"
 HTTPS = "https://localhost:18443"
@@ -75,7 +75,7 @@ def test_a_required_variable_missing_stops_up_with_its_name(
 
 
 def test_every_service_is_healthy_and_prestart_ran_once(production: Stack) -> None:
-    for service in ("db", "backend"):
+    for service in ("db", "backend", "worker"):
         state = production.container(service)["State"]
         assert state["Health"]["Status"] == "healthy", service
     for service in ("adminer", "proxy"):
@@ -88,7 +88,7 @@ def test_every_service_is_healthy_and_prestart_ran_once(production: Stack) -> No
 
 def test_only_the_proxy_publishes_ports(production: Stack) -> None:
     publishing = set()
-    for service in ("db", "prestart", "backend", "adminer", "proxy"):
+    for service in ("db", "prestart", "backend", "worker", "adminer", "proxy"):
         ports = production.container(service)["HostConfig"]["PortBindings"] or {}
         if any(ports.values()):
             publishing.add(service)
@@ -153,11 +153,33 @@ def test_alembic_in_the_container_reports_head(production: Stack) -> None:
     assert "(head)" in current.stdout
 
 
-def test_backend_runs_as_non_root(production: Stack) -> None:
-    status = production.compose("exec", "-T", "backend", "cat", "/proc/1/status")
+@pytest.mark.parametrize("service", ["backend", "worker"])
+def test_backend_runs_as_non_root(production: Stack, service: str) -> None:
+    status = production.compose("exec", "-T", service, "cat", "/proc/1/status")
     uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)", status.stdout, re.MULTILINE)
     assert uids is not None
     assert uids.groups() == ("10001", "10001")
+
+
+def test_the_worker_runs_the_jobs_of_a_signup(
+    production: Stack, client: httpx.Client
+) -> None:
+    email = f"worker-{uuid.uuid4().hex[:8]}@example.com"
+    answer = client.post(
+        "/api/v1/users/signup", json={"email": email, "password": "a-long-password-1"}
+    )
+    assert answer.status_code == 200, answer.text
+
+    def verification_job_done() -> bool:
+        logs = production.compose("logs", "--no-log-prefix", "worker").stdout
+        return any(
+            "send_verification" in line and "Success" in line
+            for line in logs.splitlines()
+        )
+
+    wait_until(verification_job_done, timeout=60, what="the job", interval=1)
+    counts = client.get("/api/v1/utils/jobs/", headers=login(client)).json()
+    assert counts["in_process"] is False and counts["succeeded"] >= 1, counts
 
 
 def test_traefik_starts_without_warnings(production: Stack) -> None:

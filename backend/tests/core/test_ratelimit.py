@@ -3,13 +3,13 @@ and on the real Redis at 127.0.0.1:6379 (keys under a random prefix, deleted aft
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from uuid import uuid4
 
 import pytest
 import redis.asyncio as redis
+import time_machine
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import col, delete, select
@@ -27,7 +27,7 @@ from app.core.ratelimit import (
     storage_key,
 )
 from app.models import AuthAttempt, utcnow
-from tests.conftest import free_port
+from tests.utils.servers import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 LimiterPair = tuple[RateLimiter, RateLimiter]
@@ -41,6 +41,13 @@ async def delete_redis_keys(client: redis.Redis, prefix: str) -> None:
     keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
     if keys:
         await client.delete(*keys)
+
+
+@pytest.fixture
+def clock() -> Iterator[time_machine.Traveller]:
+    """This process's clock, stopped: both limiters timestamp events with it."""
+    with time_machine.travel(utcnow(), tick=False) as traveller:
+        yield traveller
 
 
 @pytest.fixture
@@ -151,17 +158,19 @@ async def test_limit_events_then_too_many_attempts(limiter: RateLimiter) -> None
     assert rule.window_seconds - 2 <= blocked.value.retry_after <= rule.window_seconds
 
 
-async def test_refused_attempts_do_not_count(limiter: RateLimiter) -> None:
+async def test_refused_attempts_do_not_count(
+    limiter: RateLimiter, clock: time_machine.Traveller
+) -> None:
     rule = Rule("test:refused", limit=2, window_seconds=2)
     key = new_key()
-    started = time.monotonic()
     await attempt_times(limiter, rule, key, 2)
     for _ in range(5):
+        clock.shift(0.1)  # later than the counted two: still in the window after them
         with pytest.raises(TooManyAttempts):
             await limiter.attempt(rule, key)
 
     # Once the two counted events are out of the window, two more get through.
-    await asyncio.sleep(started + 2.1 - time.monotonic())
+    clock.shift(1.6)
     await attempt_times(limiter, rule, key, 2)
     with pytest.raises(TooManyAttempts):
         await limiter.attempt(rule, key)
@@ -237,12 +246,13 @@ async def test_reset_clears_only_that_key(limiter: RateLimiter) -> None:
         await limiter.attempt(rule, other_key)
 
 
-async def test_the_window_slides(limiter: RateLimiter) -> None:
+async def test_the_window_slides(
+    limiter: RateLimiter, clock: time_machine.Traveller
+) -> None:
     rule = Rule("test:slide", limit=3, window_seconds=2)
     key = new_key()
-    started = time.monotonic()
     await limiter.attempt(rule, key)
-    await asyncio.sleep(1.5)
+    clock.shift(1.5)
     await attempt_times(limiter, rule, key, 2)
 
     with pytest.raises(TooManyAttempts) as blocked:
@@ -250,7 +260,7 @@ async def test_the_window_slides(limiter: RateLimiter) -> None:
     # Until the first event leaves the window (at 2 s), not the last ones (3.5 s).
     assert blocked.value.retry_after == 1
 
-    await asyncio.sleep(started + 2.1 - time.monotonic())
+    clock.shift(0.6)  # 2.1 s after the first event
     await limiter.attempt(rule, key)  # only the two later events were left
     with pytest.raises(TooManyAttempts) as blocked_again:
         await limiter.attempt(rule, key)

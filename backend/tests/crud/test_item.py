@@ -6,7 +6,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app import crud
 from app.core.pagination import Page, Position
 from app.models import Item, ItemCreate, ItemUpdate, User
-from tests import factories
+from tests.utils import factories
 
 
 async def test_create_item_belongs_to_owner(db: AsyncSession, user: User) -> None:

@@ -6,7 +6,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app import crud
 from app.core.pagination import Page
 from app.models import Item, User, UserCreate, UserUpdate, UserUpdateMe
-from tests import factories
+from tests.utils import factories
 
 
 async def test_create_user_stores_argon2_hash(db: AsyncSession) -> None:

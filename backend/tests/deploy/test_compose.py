@@ -78,7 +78,7 @@ def published_ports(service: dict[str, Any]) -> set[int]:
 
 class TestBase:
     def test_services(self, base: dict[str, Any]) -> None:
-        assert {"db", "prestart", "backend", "adminer", "proxy"} <= set(
+        assert {"db", "prestart", "backend", "worker", "adminer", "proxy"} <= set(
             base["services"]
         )
 
@@ -97,6 +97,20 @@ class TestBase:
         assert (
             base["services"]["prestart"]["depends_on"]["db"]["condition"]
             == "service_healthy"
+        )
+
+    def test_worker_runs_jobs_with_the_backend_image_after_prestart(
+        self, base: dict[str, Any]
+    ) -> None:
+        worker, backend = base["services"]["worker"], base["services"]["backend"]
+        assert worker["command"] == ["python", "manage.py", "worker"]
+        assert worker["image"] == backend["image"]
+        assert worker["environment"]["POSTGRES_SERVER"] == "db"
+        assert worker["restart"] == "always"
+        assert "app-worker-alive" in " ".join(worker["healthcheck"]["test"])
+        assert (
+            worker["depends_on"]["prestart"]["condition"]
+            == "service_completed_successfully"
         )
 
     def test_prestart_runs_the_prestart_script_once(self, base: dict[str, Any]) -> None:
@@ -218,12 +232,22 @@ class TestDevelopment:
         )
         assert backend["build"]["args"]["INSTALL_DEV"] == "true"
 
+    @pytest.mark.parametrize("service", ["backend", "worker"])
     def test_local_environment_with_mail_catcher(
-        self, development: dict[str, Any]
+        self, development: dict[str, Any], service: str
     ) -> None:
-        environment = development["services"]["backend"]["environment"]
+        environment = development["services"][service]["environment"]
         assert environment["ENVIRONMENT"] == "local"
         assert environment["SMTP_HOST"] == "mailpit"
+
+    def test_worker_restarts_on_code_changes(self, development: dict[str, Any]) -> None:
+        worker = development["services"]["worker"]
+        assert worker["command"][0] == "watchfiles"
+        assert "python manage.py worker" in worker["command"]
+        assert any(
+            v["source"] == str(REPO / "backend") and v["target"] == "/app"
+            for v in worker["volumes"]
+        )
 
     def test_watch_rebuilds_on_dependency_change_code_is_bind_mounted(
         self, development: dict[str, Any]
@@ -236,7 +260,7 @@ class TestDevelopment:
         self, base: dict[str, Any], development: dict[str, Any]
     ) -> None:
         production_image = base["services"]["backend"]["image"]
-        for name in ("backend", "prestart"):
+        for name in ("backend", "prestart", "worker"):
             image = development["services"][name]["image"]
             assert image != production_image
             assert image.split(":")[0].endswith("-dev")

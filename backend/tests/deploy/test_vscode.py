@@ -4,13 +4,14 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import URL
+
+from tests.utils.servers import answers, free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 VSCODE = REPO / ".vscode"
@@ -114,8 +115,6 @@ def debugpy_command(configuration: dict[str, Any], debug_port: int) -> list[str]
 
 
 def test_debug_backend_serves_the_api(tmp_path: Path) -> None:
-    from tests.conftest import free_port
-
     configuration = launch_configuration("Debug backend")
     args = configuration["args"]
     base_url = (
@@ -133,17 +132,14 @@ def test_debug_backend_serves_the_api(tmp_path: Path) -> None:
         start_new_session=True,  # --reload starts children: stop the whole group
     )
     try:
-        deadline = time.monotonic() + 60
-        response = None
-        while time.monotonic() < deadline and response is None:
-            try:
-                response = httpx.get(
-                    f"{base_url}/api/v1/utils/health-check/", timeout=2
-                )
-            except httpx.TransportError:
-                time.sleep(0.3)
-        assert response is not None, (tmp_path / "debug-backend.log").read_text()
-        assert response.json() is True
+        health = f"{base_url}/api/v1/utils/health-check/"
+        wait_until(
+            lambda: answers(health),
+            60,
+            "the debugged backend to answer",
+            log=tmp_path / "debug-backend.log",
+        )
+        assert httpx.get(health).json() is True
         assert httpx.get(f"{base_url}/docs").status_code == 200
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import wait_until
-from tests.faults.conftest import (
+from tests.utils.faults import (
     CLIENT_TIMEOUT,
     POOL_TIMEOUT,
     WORKERS,
@@ -24,6 +23,7 @@ from tests.faults.conftest import (
     serve,
     settled_sessions,
 )
+from tests.utils.servers import wait_until
 
 POOL_SIZE = 2
 # One connection lost per hang-up would leave a worker's pool empty by then.

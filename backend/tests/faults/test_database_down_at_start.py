@@ -7,8 +7,7 @@ from typing import Any, NamedTuple
 
 import httpx
 
-from tests.conftest import wait_until
-from tests.faults.conftest import (
+from tests.utils.faults import (
     CLIENT_TIMEOUT,
     CONNECT_TIMEOUT,
     Cluster,
@@ -17,6 +16,7 @@ from tests.faults.conftest import (
     serve,
     start_prestart,
 )
+from tests.utils.servers import wait_until
 
 READY = "/api/v1/utils/ready/"
 HEALTH = "/api/v1/utils/health-check/"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.faults.conftest import (
+from tests.utils.faults import (
     CLIENT_TIMEOUT,
     CONNECT_TIMEOUT,
     POOL_TIMEOUT,
@@ -23,7 +23,12 @@ from tests.faults.conftest import (
     settled_sessions,
     stored_items,
 )
-from tests.faults.load import Write, WriteLoad, stored_problems, stored_unacknowledged
+from tests.utils.write_load import (
+    Write,
+    WriteLoad,
+    stored_problems,
+    stored_unacknowledged,
+)
 
 WRITERS = 12
 POOL_SIZE, MAX_OVERFLOW = 8, 2

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import wait_until
-from tests.faults.conftest import (
+from tests.utils.faults import (
     CLIENT_TIMEOUT,
     Cluster,
     Record,
@@ -20,7 +19,8 @@ from tests.faults.conftest import (
     serve,
     stored_items,
 )
-from tests.faults.load import WriteLoad, stored_problems, stored_unacknowledged
+from tests.utils.servers import wait_until
+from tests.utils.write_load import WriteLoad, stored_problems, stored_unacknowledged
 
 WRITERS = 12
 STEADY_SECONDS = 1.0

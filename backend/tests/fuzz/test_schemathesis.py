@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
-from tests.fuzz.conftest import FuzzRun, Identities, Identity, Server
+from tests.utils.fuzz import FuzzRun, Identities, Identity, Server
 
 # Cases per operation in the fuzzing phase (the examples and coverage phases add
 # a fixed set of their own), and stateful scenarios per identity.

@@ -42,10 +42,17 @@ from app.core import security, supabase
 from app.core.config import BACKEND_DIR, Settings, settings
 from app.main import app
 from app.models import Item, Role, User, utcnow
-from tests import factories
-from tests.api.helpers import API, assert_unauthorized, bearer, login, refresh
-from tests.conftest import SmtpSink, client_using
-from tests.core.test_supabase import (
+from tests.utils import factories
+from tests.utils.api import (
+    API,
+    assert_unauthorized,
+    bearer,
+    client_using,
+    login,
+    refresh,
+)
+from tests.utils.smtp import SmtpSink
+from tests.utils.supabase import (
     HS_SECRET,
     FakeSupabase,
     b64url,
@@ -131,6 +138,7 @@ ROUTE_ACCESS: dict[tuple[str, str], Level] = {
     ("PATCH", f"{API}/users/{{user_id}}"): "staff",
     ("DELETE", f"{API}/users/{{user_id}}"): "staff",
     ("POST", f"{API}/utils/test-email/"): "superadmin",
+    ("GET", f"{API}/utils/jobs/"): "staff",
     ("GET", f"{API}/utils/health-check/"): "public",
     ("GET", f"{API}/utils/ready/"): "public",
     ("GET", f"{API}/items/"): "user",
@@ -1304,6 +1312,7 @@ class TestAPI5BrokenFunctionLevelAuthorization:
             ("POST", f"{API}/utils/test-email/"): {
                 "params": {"email_to": victim.email}
             },
+            ("GET", f"{API}/utils/jobs/"): {},
         }
 
     async def test_user_is_refused_every_admin_route(

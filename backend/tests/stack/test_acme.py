@@ -15,16 +15,16 @@ import pytest
 from cryptography import x509
 from sqlalchemy import URL
 
-from tests import acme
-from tests.acme import (
+from tests.utils import acme
+from tests.utils.acme import (
     ISSUED,
     PEBBLE_ENV,
     dns_names,
     pebble_root,
     write_pebble_config,
 )
-from tests.conftest import free_port, wait_until
-from tests.stack.conftest import DOMAIN, Stack, new_stack, running, stop
+from tests.utils.servers import free_port, wait_until
+from tests.utils.stack import DOMAIN, Stack, new_stack, running, stop
 
 HEALTH = "/api/v1/utils/health-check/"
 DASHBOARD_AUTH = ("admin", "dashboard-password")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, Route, expect, sync_playwright
 
-from tests.stack.conftest import SUPERUSER, Stack
+from tests.utils.stack import SUPERUSER, Stack
 
 BACKEND_DIR = Path(__file__).resolve().parents[2]
 SCREENSHOT = BACKEND_DIR / "test-artifacts" / "swagger-users-me.png"

@@ -17,8 +17,8 @@ import bcrypt
 import httpx
 import pytest
 
-from tests.conftest import free_port, live_login, wait_until
-from tests.stack.conftest import DOMAIN, SUPERUSER, Stack, stop
+from tests.utils.servers import free_port, live_login, wait_until
+from tests.utils.stack import DOMAIN, SUPERUSER, Stack, stop
 
 REPO_DIR = Path(__file__).resolve().parents[3]
 HEALTH = "/api/v1/utils/health-check/"

@@ -1,14 +1,13 @@
-import uuid
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Form, Path
+from fastapi import APIRouter, Depends, Form, Path
 from fastapi.responses import HTMLResponse
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import EmailStr
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import crud, emails
+from app import crud, emails, jobs
 from app.api import errors
 from app.api.deps import (
     CurrentSessionId,
@@ -163,23 +162,13 @@ async def test_token(current_user: CurrentUser) -> CurrentUser:
     responses=document(errors.TooManyRequests, DATABASE),
 )
 async def recover_password(
-    email: EmailPath,
-    session: SessionDep,
-    background_tasks: BackgroundTasks,
-    email_requests: EmailRequestsDep,
+    email: EmailPath, session: SessionDep, email_requests: EmailRequestsDep
 ) -> Message:
     """Send a password recovery email; the answer is the same for unknown emails."""
     await email_requests.count("recovery", email)
-    user = await crud.get_user_by_email(session=session, email=email)
-    # An unknown address gets the same work (a token and an email, never sent),
-    # so that the time of the answer does not tell which addresses are registered.
-    token = security.create_password_reset_token(
-        user.id if user else uuid.uuid4(),
-        user.hashed_password if user else security.dummy_hash(),
-    )
-    recovery = emails.reset_password_email(user.email if user else email, token)
-    if user is not None:
-        background_tasks.add_task(emails.send_email, recovery)
+    # A job for every address: the job looks the account up, so that the time
+    # of the answer does not tell which addresses are registered.
+    await jobs.send_soon(session, jobs.send_password_recovery, email=email)
     return Message(message=RECOVERY_MESSAGE)
 
 
@@ -187,9 +176,7 @@ async def recover_password(
     "/reset-password/",
     responses=document(errors.InvalidToken, errors.InactiveUser, BODY, DATABASE),
 )
-async def reset_password(
-    session: SessionDep, body: NewPassword, background_tasks: BackgroundTasks
-) -> Message:
+async def reset_password(session: SessionDep, body: NewPassword) -> Message:
     """Set a new password with a password recovery token (usable once); every
     session of the account ends."""
     user = await link_user(
@@ -200,11 +187,9 @@ async def reset_password(
     )
     if not user.is_active:
         raise errors.InactiveUser()
+    await jobs.defer(session, jobs.send_password_changed, user_id=str(user.id))
     await crud.update_password(
         session=session, user=user, new_password=body.new_password
-    )
-    background_tasks.add_task(
-        emails.send_email, emails.password_changed_email(user.email)
     )
     return Message(message="Password updated successfully")
 
@@ -229,23 +214,12 @@ async def verify_email(session: SessionDep, body: EmailVerification) -> Message:
     responses=document(BODY, errors.TooManyRequests, DATABASE),
 )
 async def resend_verification_email(
-    session: SessionDep,
-    body: EmailAddress,
-    background_tasks: BackgroundTasks,
-    email_requests: EmailRequestsDep,
+    session: SessionDep, body: EmailAddress, email_requests: EmailRequestsDep
 ) -> Message:
     """Send a new verification link; the answer is the same for unknown emails."""
     await email_requests.count("verification", body.email)
-    user = await crud.get_user_by_email(session=session, email=body.email)
-    # The same work whatever the address (see recover_password).
-    unverified = user is not None and user.email_verified_at is None
-    address = user.email if user else body.email
-    token = security.create_email_verification_token(
-        user.id if user else uuid.uuid4(), address
-    )
-    verification = emails.verify_email_email(address, token)
-    if unverified:
-        background_tasks.add_task(emails.send_email, verification)
+    # The job decides whether the address gets a link (see recover_password).
+    await jobs.send_soon(session, jobs.send_verification, email=body.email)
     return Message(message=VERIFICATION_MESSAGE)
 
 

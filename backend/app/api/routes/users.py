@@ -1,8 +1,9 @@
 import uuid
 
-from fastapi import APIRouter, BackgroundTasks, Depends
+from fastapi import APIRouter, Depends
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import crud, emails
+from app import crud, jobs
 from app.api import errors
 from app.api.deps import (
     CheckedUserCreate,
@@ -10,10 +11,10 @@ from app.api.deps import (
     CurrentSessionId,
     CurrentStaff,
     CurrentUser,
+    DeletableUser,
     ManagedUser,
     PageDep,
     SessionDep,
-    ensure_can_manage,
 )
 from app.api.errors import AUTHENTICATED, BODY, DATABASE, STAFF, document
 from app.api.limits import EmailRequestsDep, PasswordAttemptsDep, count_signup
@@ -29,6 +30,7 @@ from app.models import (
     UserPublic,
     UserRegister,
     UsersPublic,
+    UserUpdate,
     UserUpdateMe,
 )
 
@@ -38,16 +40,21 @@ router = APIRouter(prefix="/users", tags=["users"])
 public_router = APIRouter(prefix="/users", tags=["users"])
 
 
+async def save_user_update(
+    session: AsyncSession, user: User, user_in: UserUpdate | UserUpdateMe
+) -> User:
+    """crud.update_user, with its refusals as the API's errors."""
+    try:
+        return await crud.update_user(session=session, user=user, user_in=user_in)
+    except crud.EmailAlreadyExistsError:
+        raise errors.EmailTaken()
+    except crud.LastSuperadminError:
+        raise errors.LastSuperadmin()
+
+
 def forbid_self_deletion_of_superuser(user: User) -> None:
     if user.is_superuser:
         raise errors.SuperuserSelfDeletion()
-
-
-def send_verification_email(background_tasks: BackgroundTasks, user: User) -> None:
-    token = security.create_email_verification_token(user.id, user.email)
-    background_tasks.add_task(
-        emails.send_email, emails.verify_email_email(user.email, token)
-    )
 
 
 @router.get("/", response_model=UsersPublic, responses=document(STAFF))
@@ -66,19 +73,16 @@ async def read_users(
         STAFF, errors.OnlySuperadminManagesStaff, BODY, errors.UserExists
     ),
 )
-async def create_user(
-    session: SessionDep, user_in: CheckedUserCreate, background_tasks: BackgroundTasks
-) -> User:
+async def create_user(session: SessionDep, user_in: CheckedUserCreate) -> User:
     """Create a user (admins create ordinary users; a superadmin, any role); they
     get a welcome email with a verification link."""
+    # Emails are jobs deferred before the change that causes them: both are
+    # committed together, or neither is (app/jobs.py).
+    await jobs.defer(session, jobs.send_new_account, email=user_in.email)
     try:
         user = await crud.create_user(session=session, user_create=user_in)
     except crud.EmailAlreadyExistsError:
         raise errors.UserExists()
-    token = security.create_email_verification_token(user.id, user.email)
-    background_tasks.add_task(
-        emails.send_email, emails.new_account_email(user.email, token)
-    )
     return user
 
 
@@ -97,7 +101,6 @@ async def update_user_me(
     session: SessionDep,
     current_user: CurrentUser,
     user_in: UserUpdateMe,
-    background_tasks: BackgroundTasks,
     email_requests: EmailRequestsDep,
 ) -> User:
     """Update the current user's name or email (a new email must be verified again;
@@ -108,18 +111,14 @@ async def update_user_me(
         and user_in.email.lower() != old_email.lower()
     ):
         await email_requests.count("verification", user_in.email)  # to the new address
-    try:
-        user = await crud.update_user(
-            session=session, user=current_user, user_in=user_in
+        await jobs.defer(session, jobs.send_verification, email=user_in.email)
+        await jobs.defer(
+            session,
+            jobs.send_email_changed,
+            old_email=old_email,
+            new_email=user_in.email,
         )
-    except crud.EmailAlreadyExistsError:
-        raise errors.EmailTaken()
-    if user.email.lower() != old_email.lower():
-        send_verification_email(background_tasks, user)
-        background_tasks.add_task(
-            emails.send_email, emails.email_changed_email(old_email, user.email)
-        )
-    return user
+    return await save_user_update(session, current_user, user_in)
 
 
 @router.patch(
@@ -137,7 +136,6 @@ async def update_password_me(
     current_user: CurrentUser,
     session_id: CurrentSessionId,
     body: UpdatePassword,
-    background_tasks: BackgroundTasks,
     attempts: PasswordAttemptsDep,
 ) -> Message:
     """Change the current user's password; every other session ends."""
@@ -151,14 +149,12 @@ async def update_password_me(
     await attempts.succeeded(counted)
     if body.current_password == body.new_password:
         raise errors.SamePassword()
+    await jobs.defer(session, jobs.send_password_changed, user_id=str(current_user.id))
     await crud.update_password(
         session=session,
         user=current_user,
         new_password=body.new_password,
         keep_session_id=session_id,
-    )
-    background_tasks.add_task(
-        emails.send_email, emails.password_changed_email(current_user.email)
     )
     return Message(message="Password updated successfully")
 
@@ -209,19 +205,15 @@ async def revoke_session_me(
     responses=document(DATABASE, BODY, errors.SignupEmailTaken, errors.TooManyRequests),
     dependencies=[Depends(count_signup)],
 )
-async def register_user(
-    session: SessionDep,
-    user_in: UserRegister,
-    background_tasks: BackgroundTasks,
-) -> User:
+async def register_user(session: SessionDep, user_in: UserRegister) -> User:
     """Create an account without being logged in; a verification link is emailed."""
+    await jobs.defer(session, jobs.send_verification, email=user_in.email)
     try:
         user = await crud.create_user(
             session=session, user_create=UserCreate.model_validate(user_in)
         )
     except crud.EmailAlreadyExistsError:
         raise errors.SignupEmailTaken()
-    send_verification_email(background_tasks, user)
     return user
 
 
@@ -260,20 +252,14 @@ async def update_user(
     session: SessionDep,
     user: ManagedUser,
     user_in: CheckedUserUpdate,
-    background_tasks: BackgroundTasks,
 ) -> User:
     """Update a user (admins: ordinary users only, without promoting them; a
     superadmin: anyone). A new password or deactivation ends their sessions; a new
     email must be verified again."""
-    try:
-        user = await crud.update_user(session=session, user=user, user_in=user_in)
-    except crud.EmailAlreadyExistsError:
-        raise errors.EmailTaken()
-    except crud.LastSuperadminError:
-        raise errors.LastSuperadmin()
-    if user.email_verified_at is None and "email" in user_in.model_fields_set:
-        send_verification_email(background_tasks, user)
-    return user
+    if "email" in user_in.model_fields_set and user_in.email is not None:
+        # Sent if the address is not verified (a new one never is).
+        await jobs.defer(session, jobs.send_verification, email=user_in.email)
+    return await save_user_update(session, user, user_in)
 
 
 @router.delete(
@@ -287,15 +273,11 @@ async def update_user(
     ),
 )
 async def delete_user(
-    user_id: uuid.UUID, session: SessionDep, staff: CurrentStaff
+    session: SessionDep, user: DeletableUser, staff: CurrentStaff
 ) -> Message:
     """Delete a user and their items (admins: ordinary users only)."""
-    user = await crud.get_user(session=session, user_id=user_id)
-    if user is None:
-        raise errors.UserNotFound()
     if user.id == staff.id:
         forbid_self_deletion_of_superuser(user)
-    ensure_can_manage(staff, user.role)
     try:
         await crud.delete_user(session=session, user=user)
     except crud.LastSuperadminError:

@@ -1,5 +1,4 @@
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,31 +12,21 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import settings
 from app.models import User, utcnow
-from tests import factories
-from tests.api.helpers import probe_route
-from tests.conftest import auth_headers, free_port
-from tests.core.test_supabase import (
+from tests.utils import factories
+from tests.utils.api import auth_headers, bearer, probe_route
+from tests.utils.servers import free_port
+from tests.utils.supabase import (
     HS_SECRET,
     FakeSupabase,
     b64url,
     ec_key,
     raw_token,
     rsa_key,
-    serve_fake_supabase,
     session_cookie,
 )
 
 VERIFY = f"{settings.API_V1_STR}/auth/verify_supabase_token"
 ME = f"{settings.API_V1_STR}/auth/me"
-
-
-@pytest.fixture
-def fake_supabase(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSupabase]:
-    yield from serve_fake_supabase(monkeypatch)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def users_with_email(db: AsyncSession, email: str) -> int:
@@ -226,6 +215,7 @@ async def test_verify_supabase_token_jwks_down(
     }
 
 
+@pytest.mark.slow  # imports the app in two fresh interpreters per path
 @pytest.mark.parametrize("path", [VERIFY, ME])
 def test_auth_routes_absent_when_not_configured(path: str) -> None:
     """Not a 5xx for a feature that is merely switched off: not mounted at all."""

@@ -10,8 +10,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import settings
 from app.models import Item, User
-from tests import factories
-from tests.conftest import auth_headers
+from tests.utils import factories
+from tests.utils.api import auth_headers
 
 ITEMS = f"{settings.API_V1_STR}/items/"
 

@@ -15,9 +15,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.core import ratelimit
 from app.core.config import settings
 from app.models import User, utcnow
-from tests import factories
-from tests.api.helpers import API, bearer, client_from, login
-from tests.conftest import SmtpSink
+from tests.utils import factories
+from tests.utils.api import API, bearer, client_from, login
+from tests.utils.smtp import SmtpSink
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/9"
 SIGNUP_PASSWORD = "signup-password-1"
@@ -164,11 +164,12 @@ class TestFailedLogins:
     ) -> None:
         monkeypatch.setattr(settings, "LOGIN_FAILURE_WINDOW_SECONDS", 1)
         monkeypatch.setattr(settings, "LOGIN_MAX_FAILURES_PER_ACCOUNT", 2)
-        for _ in range(2):
-            await login(client, user.email, WRONG_PASSWORD)
-        assert (await login(client, user.email, WRONG_PASSWORD)).status_code == 429
-        await asyncio.sleep(1.1)  # the failures leave the window
-        response = await login(client, user.email, factories.DEFAULT_PASSWORD)
+        with time_machine.travel(utcnow(), tick=False) as clock:
+            for _ in range(2):
+                await login(client, user.email, WRONG_PASSWORD)
+            assert (await login(client, user.email, WRONG_PASSWORD)).status_code == 429
+            clock.shift(1.1)  # the failures leave the window
+            response = await login(client, user.email, factories.DEFAULT_PASSWORD)
         assert response.status_code == 200
 
 

@@ -7,8 +7,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.core.config import settings
 from app.core.security import password_hash
 from app.models import User
-from tests import factories
-from tests.api.helpers import probe_route
+from tests.utils import factories
+from tests.utils.api import probe_route
 
 PRIVATE_USERS = f"{settings.API_V1_STR}/private/users/"
 
@@ -111,6 +111,7 @@ class TestCreateUser:
         assert any(error["loc"][-1] == field for error in response.json()["detail"])
 
 
+@pytest.mark.slow  # imports the app in a fresh interpreter per test
 class TestPrivateRouterMounting:
     def test_private_router_absent_outside_local(self) -> None:
         probe = probe_route("POST", PRIVATE_USERS, ENVIRONMENT="production")

@@ -13,9 +13,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import crud
 from app.models import Item, Role, User, UserUpdate
-from tests import factories
-from tests.api.helpers import API
-from tests.conftest import auth_headers
+from tests.utils import factories
+from tests.utils.api import API, auth_headers
 
 USERS = f"{API}/users"
 ONLY_SUPERADMIN = {

@@ -16,9 +16,16 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.core import security
 from app.core.config import settings
 from app.models import RefreshToken, User, UserSession, utcnow
-from tests import factories
-from tests.api.helpers import API, assert_unauthorized, bearer, login, me, refresh
-from tests.conftest import auth_headers
+from tests.utils import factories
+from tests.utils.api import (
+    API,
+    assert_unauthorized,
+    auth_headers,
+    bearer,
+    login,
+    me,
+    refresh,
+)
 
 
 async def log_in(

@@ -11,8 +11,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import settings
 from app.models import Item, User
-from tests import factories
-from tests.conftest import SmtpSink, auth_headers
+from tests.utils import factories
+from tests.utils.api import auth_headers
+from tests.utils.smtp import SmtpSink
 
 API = settings.API_V1_STR
 USERS = f"{API}/users"

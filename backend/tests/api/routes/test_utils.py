@@ -9,7 +9,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import settings
 from app.core.db import create_engine
-from tests.conftest import SmtpSink, client_using, free_port
+from tests.utils.api import client_using
+from tests.utils.servers import free_port
+from tests.utils.smtp import SmtpSink
 
 HEALTH_CHECK = f"{settings.API_V1_STR}/utils/health-check/"
 READY = f"{settings.API_V1_STR}/utils/ready/"

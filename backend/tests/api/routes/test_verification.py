@@ -12,9 +12,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.core import security
 from app.core.config import settings
 from app.models import User
-from tests import factories
-from tests.api.helpers import API, login
-from tests.conftest import SmtpSink
+from tests.utils import factories
+from tests.utils.api import API, login
+from tests.utils.smtp import SmtpSink
 
 VERIFY_LINK = re.compile(
     re.escape(f"{settings.FRONTEND_HOST}/verify-email?token=") + r"([\w\-.]+)"

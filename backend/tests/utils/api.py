@@ -1,19 +1,50 @@
-"""HTTP helpers shared by the route tests."""
+"""Calling the app in-process: clients, login, bearer headers, route probes."""
 
 import json
 import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from httpx import ASGITransport, AsyncClient, Response
+from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import crud
+from app.core import security
 from app.core.config import BACKEND_DIR, settings
+from app.core.db import get_db
 from app.main import app
+from app.models import User
 
 API = settings.API_V1_STR
+
+
+@asynccontextmanager
+async def client_using(
+    get_session: Callable[[], AsyncIterator[AsyncSession]],
+    *,
+    raise_app_exceptions: bool = True,
+) -> AsyncIterator[AsyncClient]:
+    """An HTTP client on the app whose requests take their session from `get_session`.
+    An unhandled error is raised into the test, or with `raise_app_exceptions=False`
+    comes back as the bare 500 a real server sends."""
+    app.dependency_overrides[get_db] = get_session
+    try:
+        transport = ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+        async with AsyncClient(transport=transport, base_url="http://test") as ac:
+            yield ac
+    finally:
+        app.dependency_overrides.clear()
+
+
+async def auth_headers(session: AsyncSession, user: User) -> dict[str, str]:
+    """Bearer headers of a new login session of `user` (as after a password login)."""
+    user_session, _ = await crud.create_session(
+        session=session, user=user, client_address="127.0.0.1", user_agent="tests"
+    )
+    return bearer(security.create_access_token(user.id, user_session.id))
 
 
 async def login(

@@ -6,10 +6,12 @@ import uuid
 from datetime import timedelta
 
 import pytest
+import time_machine
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from app.core import security
 from app.core.config import settings
+from app.models import utcnow
 
 
 def _thread_niceness() -> int:
@@ -66,15 +68,16 @@ async def test_hashes_of_another_cost_verify_and_are_upgraded() -> None:
 def test_a_checked_token_still_expires() -> None:
     """Decoding is cached per token string; its expiry is checked at every use."""
     user_id, session_id = uuid.uuid4(), uuid.uuid4()
-    token = security.create_access_token(user_id, session_id, timedelta(seconds=1))
+    with time_machine.travel(utcnow(), tick=False) as clock:
+        token = security.create_access_token(user_id, session_id, timedelta(seconds=1))
 
-    claims = security.decode_token(token, token_type="access")
-    assert claims is not None and claims.user_id == user_id
-    assert claims.session_id == session_id
-    assert security.decode_token(token, token_type="password_reset") is None
+        claims = security.decode_token(token, token_type="access")
+        assert claims is not None and claims.user_id == user_id
+        assert claims.session_id == session_id
+        assert security.decode_token(token, token_type="password_reset") is None
 
-    time.sleep(1.1)
-    assert security.decode_token(token, token_type="access") is None
+        clock.shift(1.1)
+        assert security.decode_token(token, token_type="access") is None
 
 
 def test_a_cached_token_dies_with_its_signing_key(

@@ -11,7 +11,7 @@ import httpx
 import trustme
 from cryptography import x509
 
-from tests.conftest import wait_until
+from tests.utils.servers import wait_until
 
 # No random wait before validating, no nonce rejected at random, and every order
 # validates its challenge anew (no authorization reuse).

@@ -12,7 +12,7 @@ from sqlalchemy import event, insert
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models import Item, User
-from tests.conftest import auth_headers
+from tests.utils.api import auth_headers
 
 OWNERS = 200
 ITEMS_PER_OWNER = 100
