@@ -21,6 +21,7 @@ from typing import Any
 
 import procrastinate
 import psycopg_pool
+from asgi_correlation_id import correlation_id
 from procrastinate.jobs import Job
 from procrastinate.tasks import Task
 from sqlalchemy import event, text
@@ -31,7 +32,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app import crud, emails
 from app.core import db, ratelimit, security
 from app.core.config import settings
-from app.core.logging import request_id_var
 from app.models import utcnow
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class EmailRetry(procrastinate.BaseRetryStrategy):
             else None
         )
         if wait is None:
-            token = request_id_var.set(str(job.task_kwargs.get("request_id", "-")))
+            token = correlation_id.set(str(job.task_kwargs.get("request_id", "-")))
             try:
                 logger.error(
                     "Email job %s (%s) failed for good after %d tries: %s",
@@ -96,7 +96,7 @@ class EmailRetry(procrastinate.BaseRetryStrategy):
                     exception,
                 )
             finally:
-                request_id_var.reset(token)
+                correlation_id.reset(token)
             return None
         return procrastinate.RetryDecision(retry_at=utcnow() + wait)
 
@@ -114,7 +114,7 @@ EmailBuilder = Callable[[AsyncSession], Awaitable[emails.Email | None]]
 async def _send(build: EmailBuilder, *, job_key: str, request_id: str) -> None:
     """Build the email from the database as it is now (None: nothing to send),
     then deliver it; failures raise, for the retry strategy."""
-    token = request_id_var.set(request_id)  # the request's id on the job's logs
+    token = correlation_id.set(request_id)  # the request's id on the job's logs
     try:
         async with sessions() as session:
             email = await build(session)
@@ -125,7 +125,7 @@ async def _send(build: EmailBuilder, *, job_key: str, request_id: str) -> None:
         else:
             await emails.deliver(email, message_id=message_id(job_key))
     finally:
-        request_id_var.reset(token)
+        correlation_id.reset(token)
 
 
 def email_task(func: Callable[..., Awaitable[None]]) -> Task[Any, Any, Any]:
@@ -232,7 +232,7 @@ async def defer(
 ) -> None:
     """Enqueue `task(**kwargs)` in the session's transaction: it runs once the
     transaction commits, and never if it rolls back. The caller commits."""
-    kwargs |= {"job_key": uuid.uuid4().hex, "request_id": request_id_var.get()}
+    kwargs |= {"job_key": uuid.uuid4().hex, "request_id": correlation_id.get() or "-"}
     connection = await session.connection()  # begins the transaction, if none
     if in_process:
         _run_after_commit(session, task.name, lambda: task.func(**kwargs))

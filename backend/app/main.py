@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import sentry_sdk
+from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.middleware.cors import CORSMiddleware
@@ -14,13 +15,13 @@ from app.api.main import api_router
 from app.api.routes import docs
 from app.core import security
 from app.core.config import settings
-from app.core.db import DatabaseSessionMiddleware, engine
+from app.core.db import engine
 from app.core.http import (
     BodyLimitMiddleware,
     SecurityHeadersMiddleware,
     docs_content_security_policy,
 )
-from app.core.logging import RequestIdMiddleware, setup_logging
+from app.core.logging import is_safe_request_id, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +55,7 @@ app = FastAPI(
     generate_unique_id_function=custom_generate_unique_id,
     lifespan=lifespan,
 )
-# The last added runs first: RequestIdMiddleware wraps everything, so its id is
-# on every log line, a failed session close included.
-app.add_middleware(DatabaseSessionMiddleware)
-# Outside it: on SQLite, jobs run after the response, the request's session closed.
+# On SQLite, jobs run after the response, once the request's session is closed.
 app.add_middleware(jobs.InProcessJobsMiddleware)
 # Inside CORS, so that a browser can read the 413.
 app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES)
@@ -73,8 +71,11 @@ if settings.all_cors_origins:
 app.add_middleware(
     SecurityHeadersMiddleware,
     docs_csp=docs_content_security_policy(docs.SCRIPT_HASHES),
+    docs_pages=docs.PAGES,
 )
-app.add_middleware(RequestIdMiddleware)
+# Added last, so it runs first and wraps everything: its request id (X-Request-ID)
+# is on every log line, a failed session close included.
+app.add_middleware(CorrelationIdMiddleware, validator=is_safe_request_id)
 add_exception_handlers(app)
 app.include_router(api_router, prefix=settings.API_V1_STR)
 if settings.docs_enabled:

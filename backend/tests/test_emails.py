@@ -10,10 +10,10 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from asgi_correlation_id import CorrelationIdFilter, correlation_id
 
 from app import emails
 from app.core.config import settings
-from app.core.logging import RequestIdFilter, request_id_var
 from tests.utils.servers import free_port
 from tests.utils.smtp import SmtpSink
 
@@ -732,19 +732,19 @@ class TestSendEmailRetries:
     ) -> None:
         configure_smtp(monkeypatch, port=free_port())
         email = emails.reset_password_email("victim@example.com", "secret.tok-en")
-        request_filter = RequestIdFilter()
+        request_filter = CorrelationIdFilter()
         caplog.handler.addFilter(request_filter)
-        token = request_id_var.set("req-1234")
+        token = correlation_id.set("req-1234")
         try:
             sent = await emails.send_email(email)
         finally:
-            request_id_var.reset(token)
+            correlation_id.reset(token)
             caplog.handler.removeFilter(request_filter)
 
         assert sent is False
         records = [r for r in caplog.records if r.name == "app.emails"]
         assert len(records) == 3
-        assert [getattr(r, "request_id", None) for r in records] == ["req-1234"] * 3
+        assert [getattr(r, "correlation_id", None) for r in records] == ["req-1234"] * 3
         for record in records:
             logged = record.getMessage()
             assert "secret.tok-en" not in logged

@@ -7,17 +7,13 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from asgi_correlation_id import correlation_id
 from fastapi.routing import APIRoute, APIRouter
 from httpx import AsyncClient
 
 from app.api.routes import auth, items, login, private, users, utils
 from app.core.config import settings
-from app.core.logging import (
-    JsonFormatter,
-    RequestIdFilter,
-    request_id_var,
-    setup_logging,
-)
+from app.core.logging import setup_logging
 from app.main import app
 
 OPENAPI = f"{settings.API_V1_STR}/openapi.json"
@@ -266,11 +262,22 @@ class TestCors:
 
 
 class TestLogging:
-    def test_json_formatter_one_json_line(self) -> None:
-        record = make_record("hello %s", "world")
-        record.request_id = "req-1"
+    @staticmethod
+    def line(record: logging.LogRecord, request_id: str | None = None) -> str:
+        """`record` as the root handler writes it, under `request_id` if given."""
+        (handler,) = logging.getLogger().handlers
+        token = correlation_id.set(request_id) if request_id else None
+        try:
+            assert handler.filter(record)
+        finally:
+            if token:
+                correlation_id.reset(token)
+        return handler.format(record)
 
-        line = JsonFormatter().format(record)
+    def test_json_lines_one_line_per_record(self, restore_logging: None) -> None:
+        setup_logging(json_lines=True)
+
+        line = self.line(make_record("hello %s", "world"), "req-1")
 
         assert "\n" not in line
         entry = json.loads(line)
@@ -278,50 +285,52 @@ class TestLogging:
         assert entry["level"] == "WARNING"
         assert entry["message"] == "hello world"
         assert entry["logger"] == "app.test"
+        assert entry["time"].endswith("+00:00")
         assert "exception" not in entry
 
-    def test_json_formatter_includes_exception(self) -> None:
+    def test_json_lines_include_the_exception(self, restore_logging: None) -> None:
+        setup_logging(json_lines=True)
         record = make_record("boom")
         try:
             raise ValueError("bad value\nsecond line")
         except ValueError:
             record.exc_info = sys.exc_info()
 
-        line = JsonFormatter().format(record)
+        line = self.line(record)
 
         assert "\n" not in line
         entry = json.loads(line)
         assert "ValueError: bad value" in entry["exception"]
         assert "Traceback" in entry["exception"]
 
-    def test_json_formatter_without_request_id(self) -> None:
-        entry = json.loads(JsonFormatter().format(make_record()))
+    def test_json_lines_outside_a_request(self, restore_logging: None) -> None:
+        setup_logging(json_lines=True)
+
+        entry = json.loads(self.line(make_record()))
 
         assert entry["request_id"] == "-"
 
-    def test_request_id_filter_uses_context(self) -> None:
-        record = make_record()
-        token = request_id_var.set("req-ctx")
-        try:
-            assert RequestIdFilter().filter(record) is True
-        finally:
-            request_id_var.reset(token)
+    def test_json_lines_leave_a_records_extras_out(self, restore_logging: None) -> None:
+        """procrastinate logs each job with its arguments as `extra`."""
+        setup_logging(json_lines=True)
+        record = make_record("Starting job send_test_email[1]()")
+        record.job = {"task_kwargs": {"email": "ada.lovelace@example.com"}}
 
-        assert getattr(record, "request_id", None) == "req-ctx"
+        line = self.line(record)
 
-    def test_setup_logging_text_lines_contain_request_id(
-        self, restore_logging: None
-    ) -> None:
+        assert "ada.lovelace" not in line
+        assert set(json.loads(line)) == {
+            "time",
+            "level",
+            "logger",
+            "request_id",
+            "message",
+        }
+
+    def test_text_lines_contain_request_id(self, restore_logging: None) -> None:
         setup_logging(json_lines=False)
-        (handler,) = logging.getLogger().handlers
-        record = make_record("text %s", "line")
-        token = request_id_var.set("req-text")
-        try:
-            assert handler.filter(record)
-        finally:
-            request_id_var.reset(token)
 
-        line = handler.format(record)
+        line = self.line(make_record("text %s", "line"), "req-text")
 
         assert "[req-text]" in line
         assert "text line" in line
@@ -367,22 +376,10 @@ class TestLogging:
         assert "/api/v1/password-recovery/[email] HTTP/1.1" in lines[0]
         assert "/api/v1/password-recovery-html-content/[email]?x=1" in lines[1]
 
-    def test_setup_logging_json_lines(self, restore_logging: None) -> None:
+    def test_setup_logging_sets_the_root_level(self, restore_logging: None) -> None:
         setup_logging(json_lines=True, level="WARNING")
-        root = logging.getLogger()
-        (handler,) = root.handlers
-        record = make_record("json %s", "line")
-        token = request_id_var.set("req-json")
-        try:
-            assert handler.filter(record)
-        finally:
-            request_id_var.reset(token)
 
-        entry = json.loads(handler.format(record))
-
-        assert root.level == logging.WARNING
-        assert entry["request_id"] == "req-json"
-        assert entry["message"] == "json line"
+        assert logging.getLogger().level == logging.WARNING
 
 
 class TestValidationErrorsHideSecrets:

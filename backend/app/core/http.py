@@ -16,7 +16,6 @@ SECURITY_HEADERS = {
 HSTS = "max-age=31536000; includeSubDomains"
 # API answers are data, never a page: nothing may load, run or frame them.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
-DOCS_PATHS = ("/docs", "/redoc")
 
 
 def docs_content_security_policy(script_hashes: list[str]) -> str:
@@ -42,12 +41,18 @@ def docs_content_security_policy(script_hashes: list[str]) -> str:
 
 class SecurityHeadersMiddleware:
     """Safe headers on every response, a Content-Security-Policy for the docs
-    pages (`docs_csp`) and a strict one for everything else; API answers (user
-    data, tokens) are never stored by caches."""
+    pages (`docs_csp` on exactly the paths `docs_pages`) and a strict one for
+    everything else; API answers (user data, tokens) are never stored by caches."""
 
-    def __init__(self, app: ASGIApp, docs_csp: str = API_CSP) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        docs_csp: str = API_CSP,
+        docs_pages: frozenset[str] = frozenset(),
+    ) -> None:
         self.app = app
         self.docs_csp = docs_csp
+        self.docs_pages = docs_pages
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,7 +60,7 @@ class SecurityHeadersMiddleware:
             return
         is_api = scope["path"].startswith(settings.API_V1_STR)
         is_https = scope.get("scheme") == "https"
-        csp = self.docs_csp if scope["path"].startswith(DOCS_PATHS) else API_CSP
+        csp = self.docs_csp if scope["path"] in self.docs_pages else API_CSP
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

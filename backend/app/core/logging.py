@@ -1,25 +1,21 @@
-"""One logging setup: readable lines locally, JSON lines elsewhere, a request id on each."""
+"""One logging setup: readable lines locally, JSON lines elsewhere, a request id on
+each (asgi-correlation-id's middleware, in app/main.py, and its filter)."""
 
 import json
 import logging
 import logging.config
 import re
-import uuid
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-from starlette.datastructures import Headers, MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from asgi_correlation_id import CorrelationIdFilter
 
-request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+# Only safe, short ids are taken from a client, so that it cannot forge log lines.
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-class RequestIdFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
-        return True
+def is_safe_request_id(request_id: str) -> bool:
+    return _SAFE_REQUEST_ID.fullmatch(request_id) is not None
 
 
 # A path segment holding an email address (POST /password-recovery/{email}),
@@ -53,12 +49,15 @@ class RedactEmailFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    """These fields only. python-json-logger would add every `extra` of a record:
+    procrastinate's carry the job's arguments, email addresses included."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname,
             "logger": record.name,
-            "request_id": getattr(record, "request_id", "-"),
+            "request_id": getattr(record, "correlation_id", "-"),
             "message": record.getMessage(),
         }
         if record.exc_info:
@@ -66,23 +65,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+TEXT_FORMAT = "%(asctime)s %(levelname)-5s [%(correlation_id)s] %(name)s: %(message)s"
+
+
 def setup_logging(*, json_lines: bool, level: str = "INFO") -> None:
-    formatter: dict[str, Any] = (
-        {"()": JsonFormatter}
-        if json_lines
-        else {
-            "format": "%(asctime)s %(levelname)-5s [%(request_id)s] %(name)s: %(message)s"
-        }
-    )
     logging.config.dictConfig(
         {
             "version": 1,
             "disable_existing_loggers": False,
             "filters": {
-                "request_id": {"()": RequestIdFilter},
+                "request_id": {"()": CorrelationIdFilter, "default_value": "-"},
                 "redact_email": {"()": RedactEmailFilter},
             },
-            "formatters": {"default": formatter},
+            "formatters": {
+                "default": {"()": JsonFormatter}
+                if json_lines
+                else {"format": TEXT_FORMAT}
+            },
             "handlers": {
                 "default": {
                     "class": "logging.StreamHandler",
@@ -105,31 +104,3 @@ def setup_logging(*, json_lines: bool, level: str = "INFO") -> None:
             },
         }
     )
-
-
-class RequestIdMiddleware:
-    """Takes a well-formed `X-Request-ID` or makes one; logs and the response carry it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = Headers(scope=scope).get("x-request-id", "")
-        # Only safe, short ids are echoed, so a client cannot forge log lines.
-        request_id = (
-            incoming if _SAFE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        )
-        token = request_id_var.set(request_id)
-
-        async def send_with_request_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).append("X-Request-ID", request_id)
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_request_id)
-        finally:
-            request_id_var.reset(token)

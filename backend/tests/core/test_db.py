@@ -1,5 +1,5 @@
-"""The request's session (app/core/db.py): opened by get_db on first use, closed by
-DatabaseSessionMiddleware after the response, on the real test database."""
+"""The request's session (app/core/db.py): opened by get_db when a route asks for
+it, closed after the response (COMMIT if it only read), on the real test database."""
 
 import asyncio
 import uuid
@@ -10,13 +10,14 @@ import pytest
 from fastapi import FastAPI, HTTPException
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import event, false, func, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import col, delete, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.api.deps import SessionDep
 from app.core import db as core_db
-from app.core.db import DatabaseSessionMiddleware
+from app.core.db import CommitReadsSession
 from app.models import AuthAttempt
 
 
@@ -57,6 +58,20 @@ def session_app() -> FastAPI:
         session.add(AuthAttempt(key=key))
         raise HTTPException(status_code=404, detail="Not here")
 
+    @app.get("/failed-flush-then-404")
+    async def failed_flush_then_404(session: SessionDep) -> None:
+        session.add(AuthAttempt(key=None))  # type: ignore[arg-type]  # NOT NULL
+        try:
+            await session.flush()
+        except DBAPIError:
+            raise HTTPException(status_code=404, detail="Not here") from None
+
+    @app.get("/lost-connection-then-404")
+    async def lost_connection_then_404(session: SessionDep) -> None:
+        await session.exec(select(1))
+        await (await session.connection()).invalidate()  # as when the server goes
+        raise HTTPException(status_code=404, detail="Not here")
+
     @app.get("/update-then-404")
     async def update_then_404(session: SessionDep) -> None:
         await session.exec(update(AuthAttempt).where(false()).values(key="x"))
@@ -91,7 +106,12 @@ def session_app() -> FastAPI:
 def opened(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> list[AsyncSession]:
     """Point get_db at the test database; the sessions it opens land in the list."""
     sessions: list[AsyncSession] = []
-    factory = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+    factory = async_sessionmaker(
+        engine,
+        class_=AsyncSession,
+        sync_session_class=CommitReadsSession,
+        expire_on_commit=False,
+    )
 
     def open_session() -> AsyncSession:
         sessions.append(factory())
@@ -103,11 +123,9 @@ def opened(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> list[AsyncSe
 
 @pytest.fixture
 async def session_client(opened: list[AsyncSession]) -> AsyncIterator[AsyncClient]:
-    """A client on session_app with the middleware, get_db on the test database."""
+    """A client on session_app, get_db on the test database."""
     assert opened == []
-    app = session_app()
-    app.add_middleware(DatabaseSessionMiddleware)
-    transport = ASGITransport(app=app, raise_app_exceptions=False)
+    transport = ASGITransport(app=session_app(), raise_app_exceptions=False)
     async with AsyncClient(transport=transport, base_url="http://test") as ac:
         yield ac
 
@@ -160,7 +178,6 @@ async def test_cancelled_request_still_returns_its_connection(
         queried.set()
         await asyncio.Event().wait()
 
-    asgi = DatabaseSessionMiddleware(app)
     checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
 
     async def receive() -> dict[str, object]:
@@ -184,7 +201,7 @@ async def test_cancelled_request_still_returns_its_connection(
         "client": ("127.0.0.1", 1234),
         "server": ("test", 80),
     }
-    task = asyncio.create_task(asgi(scope, receive, send))
+    task = asyncio.create_task(app(scope, receive, send))
     await asyncio.wait_for(queried.wait(), timeout=10)
     assert engine.pool.checkedout() == checked_out + 1  # type: ignore[attr-defined]
     task.cancel()
@@ -193,16 +210,6 @@ async def test_cancelled_request_still_returns_its_connection(
 
     assert not opened[0].in_transaction()
     assert engine.pool.checkedout() == checked_out  # type: ignore[attr-defined]
-
-
-async def test_get_db_without_the_middleware_fails_loudly(
-    opened: list[AsyncSession],
-) -> None:
-    transport = ASGITransport(app=session_app())
-    async with AsyncClient(transport=transport, base_url="http://test") as ac:
-        with pytest.raises(RuntimeError, match="DatabaseSessionMiddleware"):
-            await ac.get("/query")
-    assert opened == []
 
 
 @pytest.fixture
@@ -251,6 +258,26 @@ async def test_uncommitted_writes_are_rolled_back(
     assert await attempts(engine, key) == 0
 
 
+@pytest.mark.parametrize(
+    "path", ["/failed-flush-then-404", "/lost-connection-then-404"]
+)
+async def test_broken_transaction_keeps_the_routes_answer(
+    session_client: AsyncClient,
+    opened: list[AsyncSession],
+    engine: AsyncEngine,
+    path: str,
+) -> None:
+    """A transaction that a failed flush or a lost connection ended is not
+    committed: the route's own error is the answer, not a refused COMMIT."""
+    checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
+
+    response = await session_client.get(path)
+
+    assert response.status_code == 404
+    assert not opened[0].in_transaction()
+    assert engine.pool.checkedout() == checked_out  # type: ignore[attr-defined]
+
+
 async def test_uncommitted_statement_is_rolled_back(
     session_client: AsyncClient, transaction_ends: list[str]
 ) -> None:
@@ -295,3 +322,11 @@ async def test_failed_commit_still_returns_the_connection(
 
     assert not opened[0].in_transaction()
     assert engine.pool.checkedout() == checked_out  # type: ignore[attr-defined]
+
+
+async def test_other_sessions_are_left_alone(db: AsyncSession) -> None:
+    """Only the app's sessions (CommitReadsSession) note their writes."""
+    await db.exec(update(AuthAttempt).where(false()).values(key="x"))
+    await db.flush()
+
+    assert db.sync_session.info == {}

@@ -1,15 +1,18 @@
-"""The request body limit (BodyLimitMiddleware, MAX_REQUEST_BODY_BYTES) on the app:
-a declared length over it is refused before anything reads the body, a chunked
-upload as soon as it passes it, with the app's JSON error and headers."""
+"""app/core/http.py on the app. The request body limit (BodyLimitMiddleware,
+MAX_REQUEST_BODY_BYTES): a declared length over it is refused before anything
+reads the body, a chunked upload as soon as it passes it, with the app's JSON
+error and headers. The docs' Content-Security-Policy on the docs pages only."""
 
 import json
 from collections.abc import AsyncIterator
 
+import pytest
 from httpx import AsyncClient
 from sqlmodel import func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import settings
+from app.core.http import API_CSP
 from app.models import User
 
 API = settings.API_V1_STR
@@ -109,3 +112,20 @@ async def test_chunked_upload_within_the_limit_is_served(client: AsyncClient) ->
 
     assert response.status_code == 200, response.text
     assert response.json()["email"] == "chunked@example.com"
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/docs/oauth2-redirect"])
+async def test_docs_pages_get_the_docs_policy(client: AsyncClient, path: str) -> None:
+    response = await client.get(path)
+
+    assert response.status_code == 200
+    assert "script-src 'self' 'sha256-" in response.headers["content-security-policy"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/docsx", "/redoc-not-docs", "/docs/", "/docs/static/swagger-ui.css"]
+)
+async def test_other_paths_get_the_api_policy(client: AsyncClient, path: str) -> None:
+    response = await client.get(path)
+
+    assert response.headers["content-security-policy"] == API_CSP

@@ -13,6 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import jobs
 from app.core.config import settings
+from app.core.db import CommitReadsSession
 from tests.utils.jobs import (
     FRONTEND,
     Mailbox,
@@ -29,7 +30,12 @@ async def sessions(
 ) -> AsyncIterator[Sessions]:
     """Sessions that really commit (a worker process must see the rows), with
     jobs queued in the database; every row is deleted afterwards."""
-    factory = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+    factory = async_sessionmaker(
+        engine,
+        class_=AsyncSession,
+        sync_session_class=CommitReadsSession,  # the app's
+        expire_on_commit=False,
+    )
     monkeypatch.setattr(jobs, "in_process", False)
     monkeypatch.setattr(jobs, "sessions", factory)
     yield factory

@@ -11,7 +11,6 @@ from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import jobs
-from app.core import db
 from app.core.config import settings
 from tests.utils import factories
 from tests.utils.jobs import Sessions
@@ -82,7 +81,7 @@ async def test_a_request_that_ends_without_commit_leaves_no_job(
     is a write, so a request that failed after deferring rolls it back."""
     session = sessions()
     await jobs.defer(session, jobs.send_test_email, email="a@example.com")
-    await db.end_session(session)
+    await session.close()
 
     assert await queued(sessions) == []
 

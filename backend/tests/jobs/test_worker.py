@@ -11,13 +11,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from asgi_correlation_id import correlation_id
 from httpx import AsyncClient
 from sqlalchemy import URL, text
 
 from app import jobs
 from app.core import security
 from app.core.config import BACKEND_DIR, settings
-from app.core.logging import request_id_var
 from tests.utils import factories
 from tests.utils.api import client_using
 from tests.utils.jobs import (
@@ -207,13 +207,13 @@ async def test_failed_email_is_logged_and_retried_by_command(
     start_worker: Any,
     migrated_database_url: URL,
 ) -> None:
-    token = request_id_var.set("req-outage-42")
+    token = correlation_id.set("req-outage-42")
     try:
         async with sessions() as session:
             await jobs.defer(session, jobs.send_test_email, email="late@example.com")
             await session.commit()
     finally:
-        request_id_var.reset(token)
+        correlation_id.reset(token)
     # Delivery given up after about a second of outage.
     worker = start_worker(EMAIL_DELIVERY_HOURS="0.0003")
 

@@ -20,8 +20,12 @@ from fastapi.staticfiles import StaticFiles
 
 from app.core.config import settings
 
+DOCS_URL = "/docs"
+REDOC_URL = "/redoc"
 ASSETS_URL = "/docs/static"
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
+# The HTML pages, which get the docs' Content-Security-Policy (app/main.py).
+PAGES = frozenset({DOCS_URL, REDOC_URL, OAUTH2_REDIRECT_URL})
 OPENAPI_URL = f"{settings.API_V1_STR}/openapi.json"
 
 ASSETS_DIR = files("fastapi_offline") / "static"
@@ -77,7 +81,7 @@ SCRIPT_HASHES = inline_script_hashes(swagger_ui, oauth2_redirect, redoc)
 router = APIRouter(tags=["docs"], include_in_schema=False)
 
 
-@router.get("/docs")
+@router.get(DOCS_URL)
 async def swagger_ui_html() -> HTMLResponse:
     return HTMLResponse(swagger_ui)
 
@@ -87,7 +91,7 @@ async def swagger_ui_redirect() -> HTMLResponse:
     return HTMLResponse(oauth2_redirect)
 
 
-@router.get("/redoc")
+@router.get(REDOC_URL)
 async def redoc_html() -> HTMLResponse:
     return HTMLResponse(redoc)
 

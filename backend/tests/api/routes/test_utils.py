@@ -159,5 +159,5 @@ class TestTestEmail:
         assert len(errors) == 1
         assert "not sent" in errors[0].getMessage()
         # The delivery runs after the answer, still under the request's id.
-        assert getattr(errors[0], "request_id", None) == "req-smtp-down"
+        assert getattr(errors[0], "correlation_id", None) == "req-smtp-down"
         assert smtp_server.messages == []
