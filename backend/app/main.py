@@ -11,7 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from app import jobs
 from app.api.errors import add_exception_handlers
-from app.api.main import api_router
+from app.api.main import include_api_routers
 from app.api.routes import docs
 from app.core import security
 from app.core.config import settings
@@ -77,7 +77,7 @@ app.add_middleware(
 # is on every log line, a failed session close included.
 app.add_middleware(CorrelationIdMiddleware, validator=is_safe_request_id)
 add_exception_handlers(app)
-app.include_router(api_router, prefix=settings.API_V1_STR)
+include_api_routers(app)
 if settings.docs_enabled:
     app.include_router(docs.router)
     app.mount(docs.ASSETS_URL, docs.assets, name="docs-assets")
