@@ -34,38 +34,38 @@ API = settings.API_V1_STR
 pytestmark = [pytest.mark.queue, pytest.mark.slow]
 
 
-async def statuses(sessions: Sessions) -> dict[str, int]:
+async def query(sessions: Sessions, sql: str) -> list[Any]:
     async with sessions() as session:
-        result = await session.exec(  # type: ignore[call-overload]
-            text(
-                "SELECT status::text, count(*) FROM procrastinate_jobs"
-                " WHERE queue_name = 'emails' GROUP BY status"
-            )
-        )
-        return dict(result.all())
+        result = await session.exec(text(sql))  # type: ignore[call-overload]
+        return list(result.all())
+
+
+async def statuses(sessions: Sessions) -> dict[str, int]:
+    rows = await query(
+        sessions,
+        "SELECT status::text, count(*) FROM procrastinate_jobs"
+        " WHERE queue_name = 'emails' GROUP BY status",
+    )
+    return dict(rows)
 
 
 async def attempts(sessions: Sessions) -> int:
-    async with sessions() as session:
-        result = await session.exec(  # type: ignore[call-overload]
-            text(
-                "SELECT coalesce(max(attempts), 0) FROM procrastinate_jobs"
-                " WHERE queue_name = 'emails'"
-            )
-        )
-        return int(result.scalar_one())
+    rows = await query(
+        sessions,
+        "SELECT coalesce(max(attempts), 0) FROM procrastinate_jobs"
+        " WHERE queue_name = 'emails'",
+    )
+    return int(rows[0][0])
 
 
 async def no_live_worker(sessions: Sessions) -> bool:
     """The killed worker's heartbeat is old enough for its jobs to be stalled."""
-    async with sessions() as session:
-        result = await session.exec(  # type: ignore[call-overload]
-            text(
-                "SELECT count(*) FROM procrastinate_workers WHERE last_heartbeat"
-                f" > now() - interval '{STALLED_SECONDS + 1} seconds'"
-            )
-        )
-        return int(result.scalar_one()) == 0
+    rows = await query(
+        sessions,
+        "SELECT count(*) FROM procrastinate_workers WHERE last_heartbeat"
+        f" > now() - interval '{STALLED_SECONDS + 1} seconds'",
+    )
+    return int(rows[0][0]) == 0
 
 
 @pytest.fixture
