@@ -76,13 +76,14 @@ async def _paginate(
 
 
 async def _commit_user(session: AsyncSession, user: User) -> User:
+    email = user.email  # the rollback expires a stored user's attributes
     session.add(user)
     try:
         await session.commit()
     except IntegrityError as exc:
         # The lower(email) unique index settles races the friendly check cannot.
         await session.rollback()
-        raise EmailAlreadyExistsError(user.email) from exc
+        raise EmailAlreadyExistsError(email) from exc
     return user
 
 
