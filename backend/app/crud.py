@@ -19,7 +19,6 @@ from app.core.security import (
 from app.models import (
     AuditAction,
     AuditContext,
-    AuditDetails,
     AuditEvent,
     Item,
     ItemCreate,
@@ -315,14 +314,14 @@ async def rotate_refresh_token(
                 .join(UserSession, col(UserSession.user_id) == col(User.id))
                 .where(col(UserSession.id) == replayed.session_id)
             )
-            add_audit_event(
-                session=session,
+            event = AuditEvent.about(
+                owner.first(),
+                AuditAction.refresh_reuse_detected,
                 context=context,
-                action=AuditAction.refresh_reuse_detected,
                 actor_id=None,  # the owner or a thief: unknown
-                target=owner.first(),
                 details={"session_id": str(replayed.session_id)},
             )
+            add_audit_event(session=session, event=event)
             await revoke_session_by_id(session=session, session_id=replayed.session_id)
         await session.commit()
         return None
@@ -473,51 +472,16 @@ async def delete_ended_sessions(
 # Audit trail
 
 
-def add_audit_event(
-    *,
-    session: AsyncSession,
-    context: AuditContext,
-    action: AuditAction,
-    actor_id: uuid.UUID | None,
-    target: User | None,
-    details: AuditDetails | None = None,
-) -> AuditEvent:
+def add_audit_event(*, session: AsyncSession, event: AuditEvent) -> None:
     """Added, not committed: it is committed with the change it records, or
     rolled back with it."""
-    event = AuditEvent.model_validate(
-        context,
-        update={
-            "action": action,
-            "actor_id": actor_id,
-            "target_id": target.id if target else None,
-            "target_role": target.role if target else None,
-            "details": details or {},
-        },
-    )
     session.add(event)
-    return event
 
 
-async def save_audit_event(
-    *,
-    session: AsyncSession,
-    context: AuditContext,
-    action: AuditAction,
-    actor_id: uuid.UUID | None,
-    target: User | None,
-    details: AuditDetails | None = None,
-) -> AuditEvent:
+async def save_audit_event(*, session: AsyncSession, event: AuditEvent) -> None:
     """Add the event and commit: for an event no change comes with (a failed login)."""
-    event = add_audit_event(
-        session=session,
-        context=context,
-        action=action,
-        actor_id=actor_id,
-        target=target,
-        details=details,
-    )
+    session.add(event)
     await session.commit()
-    return event
 
 
 async def list_audit_events(

@@ -444,6 +444,28 @@ class AuditEvent(AuditContext, table=True):
     target_role: Role | None = Field(default=None, sa_type=_string_enum(Role, 16))
     details: AuditDetails = Field(default_factory=dict, sa_type=JSON)
 
+    @classmethod
+    def about(
+        cls,
+        target: User | None,
+        action: AuditAction,
+        *,
+        context: AuditContext,
+        actor_id: uuid.UUID | None,
+        details: AuditDetails | None = None,
+    ) -> Self:
+        """An event about `target` (None: no account), with its role now."""
+        return cls.model_validate(
+            context,
+            update={
+                "action": action,
+                "actor_id": actor_id,
+                "target_id": target.id if target else None,
+                "target_role": target.role if target else None,
+                "details": details or {},
+            },
+        )
+
 
 # Newest first, alone (and the retention's cutoff) or within each filter.
 Index("ix_audit_events_created_at_id", col(AuditEvent.created_at), col(AuditEvent.id))

@@ -11,7 +11,7 @@ from app.api.deps import ClientAddress, SessionDep
 from app.models import (
     AuditAction,
     AuditContext,
-    AuditDetails,
+    AuditEvent,
     LoginFailure,
     User,
     UserUpdate,
@@ -36,6 +36,22 @@ class Audit:
             request_id=correlation_id.get(),
         )
 
+    def event(
+        self,
+        action: AuditAction,
+        *,
+        actor: User | None,
+        target: User | None,
+        **details: str | bool | None,
+    ) -> AuditEvent:
+        return AuditEvent.about(
+            target,
+            action,
+            context=self.context,
+            actor_id=actor.id if actor else None,
+            details=details,
+        )
+
     def record(
         self,
         action: AuditAction,
@@ -44,14 +60,8 @@ class Audit:
         target: User | None,
         **details: str | bool | None,
     ) -> None:
-        crud.add_audit_event(
-            session=self.session,
-            context=self.context,
-            action=action,
-            actor_id=actor.id if actor else None,
-            target=target,
-            details=details,
-        )
+        event = self.event(action, actor=actor, target=target, **details)
+        crud.add_audit_event(session=self.session, event=event)
 
     async def login_failed(
         self,
@@ -68,17 +78,17 @@ class Audit:
             user = await crud.get_user_by_email(session=self.session, email=email)
         if reason is None:
             reason = LoginFailure.wrong_password if user else LoginFailure.unknown_user
-        details: AuditDetails = {"reason": reason, "method": method}
-        if user is None and email is not None:
-            details["email"] = email  # what was tried: no account to point at
-        await crud.save_audit_event(
-            session=self.session,
-            context=self.context,
-            action=AuditAction.login_failed,
-            actor_id=None,
+        # Without an account to point at, the email tried.
+        tried = {"email": email} if user is None and email is not None else {}
+        event = self.event(
+            AuditAction.login_failed,
+            actor=None,
             target=user,
-            details=details,
+            reason=reason,
+            method=method,
+            **tried,
         )
+        await crud.save_audit_event(session=self.session, event=event)
 
     def user_updated(
         self, *, actor: User, user: User, user_in: UserUpdate | UserUpdateMe

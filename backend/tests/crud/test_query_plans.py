@@ -97,7 +97,7 @@ async def test_item_list_pages_use_the_owner_index(
 
 async def seed_audit_events(db: AsyncSession, targets: list[User]) -> None:
     start = datetime.now(UTC)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "id": uuid.uuid4(),
             "created_at": start - timedelta(seconds=n),

@@ -26,6 +26,7 @@ REQUEST_ID = "audit-request-0001"
 CONTEXT = {"User-Agent": USER_AGENT, "X-Request-ID": REQUEST_ID}
 WRONG_PASSWORD = "not-the-password"
 NEW_PASSWORD = "a-brand-new-password"
+NEW_EMAIL = "new-address@example.com"
 
 
 async def stored_events(db: AsyncSession) -> list[AuditEvent]:
@@ -35,25 +36,38 @@ async def stored_events(db: AsyncSession) -> list[AuditEvent]:
     return list((await db.exec(statement)).all())
 
 
-async def only_event(db: AsyncSession, action: AuditAction) -> AuditEvent:
-    """The one event stored, checked to be `action` from this test's client."""
+async def only_event(
+    db: AsyncSession,
+    action: AuditAction,
+    *,
+    actor: User | None,
+    target: User | None,
+    role: Role = Role.user,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """The one event stored, checked to be `action` by `actor` about `target`
+    (then of `role`) from this test's client, with `details` (default none)."""
     events = await stored_events(db)
     assert [event.action for event in events] == [action]
     event = events[0]
+    assert event.actor_id == (actor.id if actor else None)
+    assert event.target_id == (target.id if target else None)
+    assert event.target_role == (role if target else None)
     assert event.client_address == "127.0.0.1"
     assert event.user_agent == USER_AGENT
     assert event.request_id == REQUEST_ID
     assert event.created_at.tzinfo is not None
     assert abs(utcnow() - event.created_at) < timedelta(minutes=1)
+    assert event.details == (details or {})
     return event
 
 
-def assert_about(
-    event: AuditEvent, *, actor: User | None, target: User | None, role: Role | None
-) -> None:
-    assert event.actor_id == (actor.id if actor else None)
-    assert event.target_id == (target.id if target else None)
-    assert event.target_role == role
+async def own_event(
+    db: AsyncSession, action: AuditAction, user: User | None, **details: Any
+) -> AuditEvent:
+    """The one event stored: `user` acting on their own account (None: no
+    account, no known actor)."""
+    return await only_event(db, action, actor=user, target=user, details=details)
 
 
 async def log_in(client: AsyncClient, email: str, password: str) -> Response:
@@ -75,19 +89,41 @@ class TestLogins:
         response = await log_in(client, user.email, factories.DEFAULT_PASSWORD)
 
         assert response.status_code == 200
-        event = await only_event(db, AuditAction.login_succeeded)
-        assert_about(event, actor=user, target=user, role=Role.user)
-        assert event.details == {}
+        await own_event(db, AuditAction.login_succeeded, user)
 
-    async def test_wrong_password(
-        self, client: AsyncClient, db: AsyncSession, user: User
+    @pytest.mark.parametrize(
+        ("account", "password", "status", "reason"),
+        [
+            ("verified", WRONG_PASSWORD, 400, "wrong_password"),
+            ("inactive", factories.DEFAULT_PASSWORD, 400, "inactive"),
+            ("unverified", factories.DEFAULT_PASSWORD, 403, "unverified"),
+        ],
+    )
+    async def test_refused(
+        self,
+        client: AsyncClient,
+        db: AsyncSession,
+        monkeypatch: pytest.MonkeyPatch,
+        account: str,
+        password: str,
+        status: int,
+        reason: str,
     ) -> None:
-        response = await log_in(client, user.email, WRONG_PASSWORD)
+        monkeypatch.setattr(settings, "REQUIRE_EMAIL_VERIFICATION", True)
+        user = await factories.create_user(
+            db, is_active=account != "inactive", verified=account != "unverified"
+        )
 
-        assert response.status_code == 400
-        event = await only_event(db, AuditAction.login_failed)
-        assert_about(event, actor=None, target=user, role=Role.user)
-        assert event.details == {"reason": "wrong_password", "method": "password"}
+        response = await log_in(client, user.email, password)
+
+        assert response.status_code == status
+        await only_event(
+            db,
+            AuditAction.login_failed,
+            actor=None,
+            target=user,
+            details={"reason": reason, "method": "password"},
+        )
 
     async def test_unknown_user(self, client: AsyncClient, db: AsyncSession) -> None:
         email = factories.random_email()
@@ -95,35 +131,14 @@ class TestLogins:
         response = await log_in(client, email, WRONG_PASSWORD)
 
         assert response.status_code == 400
-        event = await only_event(db, AuditAction.login_failed)
-        assert_about(event, actor=None, target=None, role=None)
-        assert event.details == {
-            "reason": "unknown_user",
-            "method": "password",
-            "email": email,
-        }
-
-    async def test_inactive(self, client: AsyncClient, db: AsyncSession) -> None:
-        user = await factories.create_user(db, is_active=False)
-
-        response = await log_in(client, user.email, factories.DEFAULT_PASSWORD)
-
-        assert response.status_code == 400
-        event = await only_event(db, AuditAction.login_failed)
-        assert_about(event, actor=None, target=user, role=Role.user)
-        assert event.details == {"reason": "inactive", "method": "password"}
-
-    async def test_unverified(
-        self, client: AsyncClient, db: AsyncSession, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        monkeypatch.setattr(settings, "REQUIRE_EMAIL_VERIFICATION", True)
-        user = await factories.create_user(db, verified=False)
-
-        response = await log_in(client, user.email, factories.DEFAULT_PASSWORD)
-
-        assert response.status_code == 403
-        event = await only_event(db, AuditAction.login_failed)
-        assert event.details == {"reason": "unverified", "method": "password"}
+        await own_event(
+            db,
+            AuditAction.login_failed,
+            None,
+            reason="unknown_user",
+            method="password",
+            email=email,
+        )
 
     async def test_rate_limited(
         self,
@@ -143,7 +158,7 @@ class TestLogins:
             "wrong_password",
             "rate_limited",
         ]
-        assert_about(events[1], actor=None, target=user, role=Role.user)
+        assert (events[1].actor_id, events[1].target_id) == (None, user.id)
 
     async def test_locked_for_new_addresses(
         self,
@@ -179,9 +194,9 @@ class TestLogins:
         )
 
         assert response.status_code == 200
-        event = await only_event(db, AuditAction.supabase_exchange)
         user = await crud.get_user_by_email(session=db, email=email)
-        assert_about(event, actor=user, target=user, role=Role.user)
+        assert user is not None
+        await own_event(db, AuditAction.supabase_exchange, user)
 
     async def test_supabase_token_rejected(
         self, client: AsyncClient, db: AsyncSession, fake_supabase: FakeSupabase
@@ -193,12 +208,13 @@ class TestLogins:
         )
 
         assert response.status_code == 401
-        event = await only_event(db, AuditAction.login_failed)
-        assert_about(event, actor=None, target=None, role=None)
-        assert event.details == {
-            "reason": "provider_token_rejected",
-            "method": "supabase",
-        }
+        await own_event(
+            db,
+            AuditAction.login_failed,
+            None,
+            reason="provider_token_rejected",
+            method="supabase",
+        )
 
 
 class TestSessions:
@@ -215,20 +231,7 @@ class TestSessions:
         )
 
         assert response.status_code == 200
-        event = await only_event(db, AuditAction.logout)
-        assert_about(event, actor=user, target=user, role=Role.user)
-        assert event.details == {"session_id": str(user_session.id)}
-
-    async def test_logout_everywhere(
-        self, client: AsyncClient, db: AsyncSession, user: User
-    ) -> None:
-        headers = with_context(await auth_headers(db, user))
-
-        response = await client.post(f"{API}/logout/all", headers=headers)
-
-        assert response.status_code == 200
-        event = await only_event(db, AuditAction.logout)
-        assert event.details == {"all_sessions": True}
+        await own_event(db, AuditAction.logout, user, session_id=str(user_session.id))
 
     async def test_session_revoked(
         self, client: AsyncClient, db: AsyncSession, user: User
@@ -243,9 +246,7 @@ class TestSessions:
         )
 
         assert response.status_code == 200
-        event = await only_event(db, AuditAction.session_revoked)
-        assert_about(event, actor=user, target=user, role=Role.user)
-        assert event.details == {"session_id": str(lost.id)}
+        await own_event(db, AuditAction.session_revoked, user, session_id=str(lost.id))
 
     async def test_refresh_reuse_detected(
         self, client: AsyncClient, db: AsyncSession, admin: User
@@ -261,11 +262,16 @@ class TestSessions:
         )
 
         assert replay.status_code == 401
-        event = await only_event(db, AuditAction.refresh_reuse_detected)
-        assert_about(event, actor=None, target=admin, role=Role.admin)
         claims = security.decode_token(tokens["access_token"], token_type="access")
         assert claims is not None
-        assert event.details == {"session_id": str(claims.session_id)}
+        await only_event(
+            db,
+            AuditAction.refresh_reuse_detected,
+            actor=None,
+            target=admin,
+            role=Role.admin,
+            details={"session_id": str(claims.session_id)},
+        )
 
     async def test_a_refresh_is_not_recorded(
         self, client: AsyncClient, db: AsyncSession, user: User
@@ -280,25 +286,6 @@ class TestSessions:
 
 
 class TestAccountChanges:
-    async def test_password_change(
-        self, client: AsyncClient, db: AsyncSession, user: User
-    ) -> None:
-        headers = with_context(await auth_headers(db, user))
-
-        response = await client.patch(
-            f"{API}/users/me/password",
-            headers=headers,
-            json={
-                "current_password": factories.DEFAULT_PASSWORD,
-                "new_password": NEW_PASSWORD,
-            },
-        )
-
-        assert response.status_code == 200
-        event = await only_event(db, AuditAction.password_changed)
-        assert_about(event, actor=user, target=user, role=Role.user)
-        assert event.details == {}
-
     async def test_password_reset(
         self, client: AsyncClient, db: AsyncSession, user: User
     ) -> None:
@@ -311,23 +298,7 @@ class TestAccountChanges:
         )
 
         assert response.status_code == 200
-        event = await only_event(db, AuditAction.password_reset)
-        assert_about(event, actor=user, target=user, role=Role.user)
-
-    async def test_email_change(
-        self, client: AsyncClient, db: AsyncSession, user: User
-    ) -> None:
-        headers = with_context(await auth_headers(db, user))
-        old_email, new_email = user.email, factories.random_email()
-
-        response = await client.patch(
-            f"{API}/users/me", headers=headers, json={"email": new_email}
-        )
-
-        assert response.status_code == 200
-        event = await only_event(db, AuditAction.email_changed)
-        assert_about(event, actor=user, target=user, role=Role.user)
-        assert event.details == {"old_email": old_email, "new_email": new_email}
+        await own_event(db, AuditAction.password_reset, user)
 
     async def test_name_change_is_not_recorded(
         self, client: AsyncClient, db: AsyncSession, user_headers: dict[str, str]
@@ -351,9 +322,7 @@ class TestAccountChanges:
             )
             assert response.status_code == 200
 
-        event = await only_event(db, AuditAction.email_verified)
-        assert_about(event, actor=user, target=user, role=Role.user)
-        assert event.details == {"email": user.email}
+        await own_event(db, AuditAction.email_verified, user, email=user.email)
 
     @pytest.mark.parametrize(
         ("change", "action", "details"),
@@ -390,9 +359,7 @@ class TestAccountChanges:
         )
 
         assert response.status_code == 200
-        event = await only_event(db, action)
-        assert_about(event, actor=superuser, target=user, role=Role.user)
-        assert event.details == details
+        await only_event(db, action, actor=superuser, target=user, details=details)
 
     async def test_activation_by_an_admin(
         self,
@@ -410,8 +377,7 @@ class TestAccountChanges:
         )
 
         assert response.status_code == 200
-        event = await only_event(db, AuditAction.user_activated)
-        assert_about(event, actor=admin, target=user, role=Role.user)
+        await only_event(db, AuditAction.user_activated, actor=admin, target=user)
 
     async def test_several_changes_one_event_each(
         self,
@@ -471,20 +437,75 @@ class TestAccountChanges:
 
         assert response.status_code == 200
         assert await db.get(User, user.id, populate_existing=True) is None
-        event = await only_event(db, AuditAction.user_deleted)
-        assert_about(event, actor=admin, target=user, role=Role.user)
-        assert event.details == {"email": user.email}
+        await only_event(
+            db,
+            AuditAction.user_deleted,
+            actor=admin,
+            target=user,
+            details={"email": user.email},
+        )
 
-    async def test_deletion_of_oneself(
-        self, client: AsyncClient, db: AsyncSession, user: User
+
+class TestOwnAccount:
+    """A user's own request, one event about themselves; `{email}` in the
+    details stands for their address before the request."""
+
+    @pytest.mark.parametrize(
+        ("method", "path", "body", "action", "details"),
+        [
+            ("POST", "/logout/all", None, AuditAction.logout, {"all_sessions": True}),
+            (
+                "PATCH",
+                "/users/me/password",
+                {
+                    "current_password": factories.DEFAULT_PASSWORD,
+                    "new_password": NEW_PASSWORD,
+                },
+                AuditAction.password_changed,
+                {},
+            ),
+            (
+                "PATCH",
+                "/users/me",
+                {"email": NEW_EMAIL},
+                AuditAction.email_changed,
+                {"old_email": "{email}", "new_email": NEW_EMAIL},
+            ),
+            (
+                "DELETE",
+                "/users/me",
+                None,
+                AuditAction.user_deleted,
+                {"email": "{email}"},
+            ),
+        ],
+    )
+    async def test_recorded(
+        self,
+        client: AsyncClient,
+        db: AsyncSession,
+        user: User,
+        method: str,
+        path: str,
+        body: dict[str, str] | None,
+        action: AuditAction,
+        details: dict[str, Any],
     ) -> None:
+        email = user.email
         headers = with_context(await auth_headers(db, user))
 
-        response = await client.delete(f"{API}/users/me", headers=headers)
+        response = await client.request(method, API + path, headers=headers, json=body)
 
         assert response.status_code == 200
-        event = await only_event(db, AuditAction.user_deleted)
-        assert_about(event, actor=user, target=user, role=Role.user)
+        await own_event(
+            db,
+            action,
+            user,
+            **{
+                key: value.format(email=email) if isinstance(value, str) else value
+                for key, value in details.items()
+            },
+        )
 
 
 async def test_no_event_holds_a_password_or_token(
@@ -596,15 +617,15 @@ async def add_event(
     actor: User | None = None,
     created_at: datetime | None = None,
 ) -> AuditEvent:
-    event = crud.add_audit_event(
-        session=db,
+    event = AuditEvent.about(
+        target,
+        action,
         context=AuditContext(client_address="192.0.2.1"),
-        action=action,
         actor_id=actor.id if actor else None,
-        target=target,
     )
     if created_at is not None:
         event.created_at = created_at
+    crud.add_audit_event(session=db, event=event)
     await db.commit()
     return event
 
