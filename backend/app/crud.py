@@ -17,6 +17,9 @@ from app.core.security import (
     verify_password,
 )
 from app.models import (
+    AuditAction,
+    AuditContext,
+    AuditEvent,
     Item,
     ItemCreate,
     ItemUpdate,
@@ -39,7 +42,7 @@ class LastSuperadminError(Exception):
     """The change would leave no active superadmin."""
 
 
-Listed = TypeVar("Listed", Item, User)
+Listed = TypeVar("Listed", AuditEvent, Item, User)
 
 
 async def _paginate(
@@ -72,13 +75,14 @@ async def _paginate(
 
 
 async def _commit_user(session: AsyncSession, user: User) -> User:
+    email = user.email  # the rollback expires a stored user's attributes
     session.add(user)
     try:
         await session.commit()
     except IntegrityError as exc:
         # The lower(email) unique index settles races the friendly check cannot.
         await session.rollback()
-        raise EmailAlreadyExistsError(user.email) from exc
+        raise EmailAlreadyExistsError(email) from exc
     return user
 
 
@@ -285,10 +289,11 @@ def _session_expiry(created_at: datetime, used_at: datetime) -> datetime:
 
 
 async def rotate_refresh_token(
-    *, session: AsyncSession, refresh_token: str
+    *, session: AsyncSession, refresh_token: str, context: AuditContext
 ) -> tuple[UserSession, str] | None:
     """Trade a refresh token for a new one (same session), or None when it is not
-    valid. Replaying a token already traded ends its session: the token leaked."""
+    valid. Replaying a token already traded ends its session (the token leaked)
+    and records a refresh_reuse_detected event from `context`."""
     token_hash = hash_refresh_token(refresh_token)
     now = utcnow()
     # Marking the token used is the atomic step: of concurrent refreshes with
@@ -304,6 +309,19 @@ async def rotate_refresh_token(
     if session_id is None:
         replayed = await session.get(RefreshToken, token_hash)
         if replayed is not None:
+            owner = await session.exec(
+                select(User)
+                .join(UserSession, col(UserSession.user_id) == col(User.id))
+                .where(col(UserSession.id) == replayed.session_id)
+            )
+            event = AuditEvent.about(
+                owner.first(),
+                AuditAction.refresh_reuse_detected,
+                context=context,
+                actor_id=None,  # the owner or a thief: unknown
+                details={"session_id": str(replayed.session_id)},
+            )
+            add_audit_event(session=session, event=event)
             await revoke_session_by_id(session=session, session_id=replayed.session_id)
         await session.commit()
         return None
@@ -449,3 +467,59 @@ async def delete_ended_sessions(
     )
     await session.commit()
     return int(tokens.rowcount), int(sessions.rowcount)
+
+
+# Audit trail
+
+
+def add_audit_event(*, session: AsyncSession, event: AuditEvent) -> None:
+    """Added, not committed: it is committed with the change it records, or
+    rolled back with it."""
+    session.add(event)
+
+
+async def save_audit_event(*, session: AsyncSession, event: AuditEvent) -> None:
+    """Add the event and commit: for an event no change comes with (a failed login)."""
+    session.add(event)
+    await session.commit()
+
+
+async def list_audit_events(
+    *,
+    session: AsyncSession,
+    page: Page,
+    action: AuditAction | None = None,
+    user_id: uuid.UUID | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    target_role: Role | None = None,
+) -> tuple[list[AuditEvent], int]:
+    """Events newest first; `user_id` matches the actor or the target, `since`
+    is inclusive and `until` exclusive."""
+    where: list[ColumnElement[bool]] = []
+    if action is not None:
+        where.append(col(AuditEvent.action) == action)
+    if user_id is not None:
+        where.append(
+            or_(
+                col(AuditEvent.actor_id) == user_id,
+                col(AuditEvent.target_id) == user_id,
+            )
+        )
+    if since is not None:
+        where.append(col(AuditEvent.created_at) >= since)
+    if until is not None:
+        where.append(col(AuditEvent.created_at) < until)
+    if target_role is not None:
+        where.append(col(AuditEvent.target_role) == target_role)
+    return await _paginate(session, AuditEvent, page=page, where=tuple(where))
+
+
+async def delete_old_audit_events(*, session: AsyncSession, now: datetime) -> int:
+    """Delete the events older than AUDIT_RETENTION_DAYS; commits, returns their number."""
+    cutoff = now - timedelta(days=settings.AUDIT_RETENTION_DAYS)
+    deleted = await session.exec(
+        delete(AuditEvent).where(col(AuditEvent.created_at) < cutoff)
+    )
+    await session.commit()
+    return int(deleted.rowcount)

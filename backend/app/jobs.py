@@ -377,6 +377,15 @@ async def delete_old_jobs(timestamp: int) -> None:  # noqa: ARG001
     )
 
 
+@queue.periodic(cron="51 3 * * *")
+@queue.task(name="delete_old_audit_events", queueing_lock="delete_old_audit_events")
+async def delete_old_audit_events(timestamp: int) -> None:  # noqa: ARG001
+    """Delete audit events older than AUDIT_RETENTION_DAYS."""
+    async with sessions() as session:
+        deleted = await crud.delete_old_audit_events(session=session, now=utcnow())
+    logger.info("Deleted %d audit events", deleted)
+
+
 # Operability
 
 

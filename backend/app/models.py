@@ -4,7 +4,7 @@ from enum import StrEnum
 from typing import Any, Self
 
 from pydantic import EmailStr, field_validator, model_validator
-from sqlalchemy import DateTime, Dialect, Enum, Index, func
+from sqlalchemy import JSON, DateTime, Dialect, Enum, Index, func
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel, col
 
@@ -373,6 +373,151 @@ class SupabaseExchange(SQLModel):
     expires_at: datetime
     refresh_token: str
     expires_in: int
+
+
+# Audit trail: one row per security event, written in the transaction of the
+# change it records (a failed login in one of its own).
+
+
+class AuditAction(StrEnum):
+    login_succeeded = "login_succeeded"
+    login_failed = "login_failed"  # details: reason, method
+    logout = "logout"
+    refresh_reuse_detected = "refresh_reuse_detected"
+    password_changed = "password_changed"
+    password_reset = "password_reset"
+    email_changed = "email_changed"
+    email_verified = "email_verified"
+    role_changed = "role_changed"
+    user_activated = "user_activated"
+    user_deactivated = "user_deactivated"
+    user_deleted = "user_deleted"
+    session_revoked = "session_revoked"
+    supabase_exchange = "supabase_exchange"
+
+
+class LoginFailure(StrEnum):
+    """Why a login failed (`details.reason` of a login_failed event)."""
+
+    unknown_user = "unknown_user"
+    wrong_password = "wrong_password"
+    inactive = "inactive"
+    unverified = "unverified"
+    rate_limited = "rate_limited"  # this address, for the account or for all
+    locked = "locked"  # the account, from every address not signed in from before
+    provider_token_rejected = "provider_token_rejected"
+
+
+def _string_enum(enum: type[StrEnum], length: int) -> Enum:
+    # No CHECK constraint: a value added to the enum later would need a migration
+    # that autogenerate does not notice, and inserts would fail until then.
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=length,
+        values_callable=lambda members: [member.value for member in members],
+    )
+
+
+AuditDetails = dict[str, str | bool | None]
+
+
+class AuditContext(SQLModel):
+    """Where a request came from, as its audit events record it."""
+
+    client_address: str | None = Field(default=None, max_length=64)
+    user_agent: str | None = Field(default=None, max_length=255)
+    request_id: str | None = Field(default=None, max_length=128)
+
+
+class AuditEvent(AuditContext, table=True):
+    __tablename__ = "audit_events"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    action: AuditAction = Field(sa_type=_string_enum(AuditAction, 32))
+    # Plain ids, no foreign keys: the history outlives deleted users.
+    actor_id: uuid.UUID | None = None
+    target_id: uuid.UUID | None = None
+    # The target's role when it happened: admins read ordinary users' events only.
+    target_role: Role | None = Field(default=None, sa_type=_string_enum(Role, 16))
+    details: AuditDetails = Field(default_factory=dict, sa_type=JSON)
+
+    @classmethod
+    def about(
+        cls,
+        target: User | None,
+        action: AuditAction,
+        *,
+        context: AuditContext,
+        actor_id: uuid.UUID | None,
+        details: AuditDetails | None = None,
+    ) -> Self:
+        """An event about `target` (None: no account), with its role now."""
+        return cls.model_validate(
+            context,
+            update={
+                "action": action,
+                "actor_id": actor_id,
+                "target_id": target.id if target else None,
+                "target_role": target.role if target else None,
+                "details": details or {},
+            },
+        )
+
+
+# Newest first, alone (and the retention's cutoff) or within each filter.
+Index("ix_audit_events_created_at_id", col(AuditEvent.created_at), col(AuditEvent.id))
+Index(
+    "ix_audit_events_target_role_created_at_id",
+    col(AuditEvent.target_role),
+    col(AuditEvent.created_at),
+    col(AuditEvent.id),
+)
+Index(
+    "ix_audit_events_action_created_at_id",
+    col(AuditEvent.action),
+    col(AuditEvent.created_at),
+    col(AuditEvent.id),
+)
+Index(
+    "ix_audit_events_actor_id_created_at_id",
+    col(AuditEvent.actor_id),
+    col(AuditEvent.created_at),
+    col(AuditEvent.id),
+)
+Index(
+    "ix_audit_events_target_id_created_at_id",
+    col(AuditEvent.target_id),
+    col(AuditEvent.created_at),
+    col(AuditEvent.id),
+)
+
+
+class AuditEventPublic(SQLModel):
+    id: uuid.UUID
+    created_at: datetime
+    action: AuditAction = Field(schema_extra={"examples": ["login_failed"]})
+    actor_id: uuid.UUID | None = Field(description="Who did it (none: unknown).")
+    target_id: uuid.UUID | None = Field(description="The account it concerns.")
+    target_role: Role | None = Field(description="The target's role at the time.")
+    client_address: str | None = Field(schema_extra={"examples": ["203.0.113.7"]})
+    user_agent: str | None = Field(
+        schema_extra={"examples": ["Mozilla/5.0 (X11; Linux x86_64)"]}
+    )
+    request_id: str | None = Field(
+        schema_extra={"examples": ["4f1c0e2a9b3d4c5e8f7a6b5c4d3e2f1a"]}
+    )
+    details: AuditDetails = Field(
+        schema_extra={"examples": [{"reason": "wrong_password", "method": "password"}]}
+    )
+
+
+class AuditEventsPublic(SQLModel):
+    data: list[AuditEventPublic]
+    count: int
+    next_cursor: str | None = None
 
 
 class JobCounts(SQLModel):

@@ -24,7 +24,7 @@ os.environ.setdefault(
 from app import jobs
 from app.core.config import settings
 from app.core.db import create_engine
-from app.models import AuthAttempt, Item, Role, User
+from app.models import AuditEvent, AuthAttempt, Item, Role, User
 from tests.utils import factories
 from tests.utils.api import auth_headers, client_using
 from tests.utils.database import alembic_config, empty_database
@@ -138,6 +138,7 @@ async def committing_client(
         await session.exec(delete(Item))
         await session.exec(delete(User))
         await session.exec(delete(AuthAttempt))
+        await session.exec(delete(AuditEvent))
         await session.commit()
 
 

@@ -11,7 +11,7 @@ from asgi_correlation_id import correlation_id
 from fastapi.routing import APIRoute, APIRouter
 from httpx import AsyncClient
 
-from app.api.routes import auth, items, login, private, users, utils
+from app.api.routes import audit_events, auth, items, login, private, users, utils
 from app.core.config import settings
 from app.core.logging import setup_logging
 from app.main import app
@@ -62,7 +62,7 @@ class TestOpenApi:
         paths = response.json()["paths"]
         api_routes = [
             (settings.API_V1_STR + route.path, route)
-            for module in (auth, items, login, private, users, utils)
+            for module in (audit_events, auth, items, login, private, users, utils)
             for name in ("router", "public_router")
             for route in getattr(module, name, APIRouter()).routes
             if isinstance(route, APIRoute)

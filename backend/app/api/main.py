@@ -1,7 +1,7 @@
 from fastapi import APIRouter, Depends, FastAPI
 
 from app.api.deps import get_current_user
-from app.api.routes import auth, items, login, private, users, utils
+from app.api.routes import audit_events, auth, items, login, private, users, utils
 from app.core.config import settings
 
 
@@ -26,6 +26,7 @@ def include_api_routers(app: FastAPI) -> None:
     include(utils.public_router, public=True)
     include(utils.router)
     include(items.router)
+    include(audit_events.router)
     if settings.supabase_enabled:
         include(auth.public_router, public=True)
         include(auth.router)

@@ -175,6 +175,8 @@ class Settings(BaseSettings):
     # Ended sessions (expired or revoked) stay listed for the lockout's "signed in
     # from this address before" this long, then are deleted.
     SESSIONS_KEEP_DAYS: int = Field(default=90, ge=1)
+    # Audit events older than this are deleted (daily job).
+    AUDIT_RETENTION_DAYS: int = Field(default=365, ge=1)
 
     @computed_field  # type: ignore[prop-decorator]
     @property

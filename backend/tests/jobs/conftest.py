@@ -44,7 +44,7 @@ async def sessions(
             text(
                 "TRUNCATE procrastinate_events, procrastinate_periodic_defers,"
                 " procrastinate_jobs, procrastinate_workers, users, user_sessions,"
-                " refresh_tokens, auth_attempts, items CASCADE"
+                " refresh_tokens, auth_attempts, items, audit_events CASCADE"
             )
         )
         await session.commit()

@@ -1,15 +1,23 @@
-"""The periodic clean-up of sessions, refresh tokens and rate-limit rows (on
-PostgreSQL and SQLite alike): old rows go, live ones stay."""
+"""The periodic clean-ups of sessions, refresh tokens, rate-limit rows and audit
+events (on PostgreSQL and SQLite alike): old rows go, live ones stay."""
 
 from datetime import datetime, timedelta
 
+import pytest
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import crud, jobs
 from app.core import ratelimit
 from app.core.config import settings
-from app.models import AuthAttempt, RefreshToken, UserSession, utcnow
+from app.models import (
+    AuditAction,
+    AuditEvent,
+    AuthAttempt,
+    RefreshToken,
+    UserSession,
+    utcnow,
+)
 from tests.utils import factories
 
 
@@ -73,3 +81,25 @@ async def test_rate_limit_rows_older_than_every_window_go(db: AsyncSession) -> N
 
     keys = set((await db.exec(select(AuthAttempt.key))).all())
     assert keys == {"login:account:live", "email:new"}
+
+
+async def test_audit_events_older_than_the_retention_go(
+    db: AsyncSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "AUDIT_RETENTION_DAYS", 30)
+    now = utcnow()
+    ages = {"new": 0, "29 days": 29, "31 days": 31, "a year": 365}
+    for label, days in ages.items():
+        db.add(
+            AuditEvent(
+                action=AuditAction.logout,
+                created_at=now - timedelta(days=days),
+                details={"label": label},
+            )
+        )
+    await db.commit()
+
+    await jobs.delete_old_audit_events.func(timestamp=0)
+
+    kept = (await db.exec(select(AuditEvent.details))).all()
+    assert sorted(details["label"] for details in kept) == ["29 days", "new"]

@@ -148,6 +148,8 @@ ROUTE_ACCESS: dict[tuple[str, str], Level] = {
     ("DELETE", f"{API}/items/{{id}}"): "user",
     ("GET", f"{API}/auth/verify_supabase_token"): "public",
     ("GET", f"{API}/auth/me"): "user",
+    # Admins see the events of ordinary users only (filtered in the query).
+    ("GET", f"{API}/audit-events/"): "staff",
     # Local environment only (the suite runs with ENVIRONMENT=local).
     ("POST", f"{API}/private/users/"): "public",
 }
@@ -1313,6 +1315,7 @@ class TestAPI5BrokenFunctionLevelAuthorization:
                 "params": {"email_to": victim.email}
             },
             ("GET", f"{API}/utils/jobs/"): {},
+            ("GET", f"{API}/audit-events/"): {},
         }
 
     async def test_user_is_refused_every_admin_route(

@@ -5,11 +5,12 @@ from fastapi import APIRouter, Request
 
 from app import crud
 from app.api import errors
+from app.api.audit import AuditDep
 from app.api.deps import CurrentUser, SessionDep
 from app.api.errors import AUTHENTICATED, DATABASE, document
 from app.api.tokens import IssueTokens
 from app.core import supabase
-from app.models import AuthMe, AuthUser, SupabaseExchange, utcnow
+from app.models import AuthMe, AuthUser, LoginFailure, SupabaseExchange, utcnow
 
 # Included only when Supabase is configured, `router` with the current-user
 # dependency (app/api/main.py).
@@ -50,7 +51,7 @@ USER_EXAMPLE = {
     },
 )
 async def verify_supabase_token(
-    request: Request, session: SessionDep, issue_tokens: IssueTokens
+    request: Request, session: SessionDep, issue_tokens: IssueTokens, audit: AuditDep
 ) -> SupabaseExchange:
     """Exchange a Supabase access token (`Authorization: Bearer`, or the
     `sb-<project-ref>-auth-token` cookie) for this API's tokens; the user is
@@ -63,9 +64,12 @@ async def verify_supabase_token(
     except supabase.ProviderUnavailableError:
         raise errors.SupabaseUnavailable()
     except supabase.ProviderTokenError as exc:
+        await audit.login_failed(
+            LoginFailure.provider_token_rejected, method="supabase"
+        )
         raise errors.SupabaseTokenRejected(exc.detail)
     user = await crud.get_or_create_external_user(session=session, email=identity.email)
-    tokens = await issue_tokens(user)  # 400 inactive, 403 unverified
+    tokens = await issue_tokens(user, "supabase")  # 400 inactive, 403 unverified
     assert tokens.refresh_token is not None and tokens.expires_in is not None
     return SupabaseExchange(
         message="Token verified",

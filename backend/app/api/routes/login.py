@@ -9,6 +9,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import crud, emails, jobs
 from app.api import errors
+from app.api.audit import AuditDep
 from app.api.deps import (
     CurrentSessionId,
     CurrentSuperuser,
@@ -18,10 +19,12 @@ from app.api.deps import (
 from app.api.errors import AUTHENTICATED, BODY, DATABASE, SUPERUSER, document
 from app.api.limits import EmailRequestsDep, PasswordAttemptsDep
 from app.api.tokens import IssueTokens, token_response
-from app.core import security
+from app.core import ratelimit, security
 from app.models import (
+    AuditAction,
     EmailAddress,
     EmailVerification,
+    LoginFailure,
     Message,
     NewPassword,
     RefreshRequest,
@@ -40,6 +43,9 @@ VERIFICATION_MESSAGE = (
     "If that email is registered and not yet verified, we sent a verification link"
 )
 EmailPath = Annotated[EmailStr, Path(max_length=255)]
+# A refusal by the limit of all addresses together: the account is locked for
+# addresses it was never signed in from (the others are limited per address).
+LOCKOUTS = {"login:account": LoginFailure.locked}
 
 
 async def link_user(
@@ -99,15 +105,24 @@ async def login_access_token(
     form_data: Annotated[LoginForm, Depends()],
     attempts: PasswordAttemptsDep,
     issue_tokens: IssueTokens,
+    audit: AuditDep,
 ) -> Token:
     """Log in with email and password (OAuth2 password flow): a new session with a
     short-lived access token and a refresh token."""
     # Unknown emails count too: the limits reveal nothing about accounts.
-    counted = await attempts.start(form_data.username)
+    try:
+        counted = await attempts.start(form_data.username)
+    except ratelimit.TooManyAttempts as refused:
+        await audit.login_failed(
+            LOCKOUTS.get(refused.rule.name, LoginFailure.rate_limited),
+            email=form_data.username,
+        )
+        raise
     user = await crud.authenticate(
         session=session, email=form_data.username, password=form_data.password
     )
     if user is None:
+        await audit.login_failed(None, email=form_data.username)
         raise errors.IncorrectLogin()
     await attempts.succeeded(counted)
     return await issue_tokens(user)  # 400 inactive, 403 unverified
@@ -117,11 +132,13 @@ async def login_access_token(
     "/login/refresh-token",
     responses=document(errors.InvalidRefreshToken, BODY, DATABASE),
 )
-async def refresh_access_token(session: SessionDep, body: RefreshRequest) -> Token:
+async def refresh_access_token(
+    session: SessionDep, body: RefreshRequest, audit: AuditDep
+) -> Token:
     """Trade a refresh token for a new access token and a new refresh token. Each
     refresh token works once: replaying a used one ends its session."""
     rotated = await crud.rotate_refresh_token(
-        session=session, refresh_token=body.refresh_token
+        session=session, refresh_token=body.refresh_token, context=audit.context
     )
     user = (
         await crud.get_user(session=session, user_id=rotated[0].user_id)
@@ -135,15 +152,31 @@ async def refresh_access_token(session: SessionDep, body: RefreshRequest) -> Tok
 
 
 @router.post("/logout", responses=document(AUTHENTICATED))
-async def logout(session: SessionDep, session_id: CurrentSessionId) -> Message:
+async def logout(
+    session: SessionDep,
+    current_user: CurrentUser,
+    session_id: CurrentSessionId,
+    audit: AuditDep,
+) -> Message:
     """End this session: its access and refresh tokens stop working at once."""
+    audit.record(
+        AuditAction.logout,
+        actor=current_user,
+        target=current_user,
+        session_id=str(session_id),
+    )
     await crud.revoke_session_by_id(session=session, session_id=session_id)
     return Message(message="Logged out")
 
 
 @router.post("/logout/all", responses=document(AUTHENTICATED))
-async def logout_everywhere(session: SessionDep, current_user: CurrentUser) -> Message:
+async def logout_everywhere(
+    session: SessionDep, current_user: CurrentUser, audit: AuditDep
+) -> Message:
     """End every session of the current user, this one included."""
+    audit.record(
+        AuditAction.logout, actor=current_user, target=current_user, all_sessions=True
+    )
     await crud.revoke_sessions(session=session, user_id=current_user.id)
     await session.commit()
     return Message(message="Logged out of all sessions")
@@ -176,7 +209,9 @@ async def recover_password(
     "/reset-password/",
     responses=document(errors.InvalidToken, errors.InactiveUser, BODY, DATABASE),
 )
-async def reset_password(session: SessionDep, body: NewPassword) -> Message:
+async def reset_password(
+    session: SessionDep, body: NewPassword, audit: AuditDep
+) -> Message:
     """Set a new password with a password recovery token (usable once); every
     session of the account ends."""
     user = await link_user(
@@ -187,6 +222,8 @@ async def reset_password(session: SessionDep, body: NewPassword) -> Message:
     )
     if not user.is_active:
         raise errors.InactiveUser()
+    # The holder of the emailed link acts as the account.
+    audit.record(AuditAction.password_reset, actor=user, target=user)
     await jobs.defer(session, jobs.send_password_changed, user_id=str(user.id))
     await crud.update_password(
         session=session, user=user, new_password=body.new_password
@@ -197,7 +234,9 @@ async def reset_password(session: SessionDep, body: NewPassword) -> Message:
 @public_router.post(
     "/verify-email/", responses=document(errors.InvalidToken, BODY, DATABASE)
 )
-async def verify_email(session: SessionDep, body: EmailVerification) -> Message:
+async def verify_email(
+    session: SessionDep, body: EmailVerification, audit: AuditDep
+) -> Message:
     """Confirm an email address with the token of a verification link."""
     user = await link_user(
         session,
@@ -205,6 +244,10 @@ async def verify_email(session: SessionDep, body: EmailVerification) -> Message:
         "email_verification",
         ("eml", lambda user: security.fingerprint(user.email.lower())),
     )
+    if user.email_verified_at is None:  # else nothing changes
+        audit.record(
+            AuditAction.email_verified, actor=user, target=user, email=user.email
+        )
     await crud.mark_email_verified(session=session, user=user)
     return Message(message="Email verified successfully")
 

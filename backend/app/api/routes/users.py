@@ -5,6 +5,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import crud, jobs
 from app.api import errors
+from app.api.audit import AuditDep
 from app.api.deps import (
     CheckedUserCreate,
     CheckedUserUpdate,
@@ -21,6 +22,7 @@ from app.api.limits import EmailRequestsDep, PasswordAttemptsDep, count_signup
 from app.core import security
 from app.core.pagination import page_of
 from app.models import (
+    AuditAction,
     Message,
     SessionPublic,
     SessionsPublic,
@@ -102,6 +104,7 @@ async def update_user_me(
     current_user: CurrentUser,
     user_in: UserUpdateMe,
     email_requests: EmailRequestsDep,
+    audit: AuditDep,
 ) -> User:
     """Update the current user's name or email (a new email must be verified again;
     the old address is told of the change)."""
@@ -118,6 +121,7 @@ async def update_user_me(
             old_email=old_email,
             new_email=user_in.email,
         )
+    audit.user_updated(actor=current_user, user=current_user, user_in=user_in)
     return await save_user_update(session, current_user, user_in)
 
 
@@ -137,6 +141,7 @@ async def update_password_me(
     session_id: CurrentSessionId,
     body: UpdatePassword,
     attempts: PasswordAttemptsDep,
+    audit: AuditDep,
 ) -> Message:
     """Change the current user's password; every other session ends."""
     # Limited like logins: a stolen access token is no password-guessing oracle.
@@ -149,6 +154,7 @@ async def update_password_me(
     await attempts.succeeded(counted)
     if body.current_password == body.new_password:
         raise errors.SamePassword()
+    audit.record(AuditAction.password_changed, actor=current_user, target=current_user)
     await jobs.defer(session, jobs.send_password_changed, user_id=str(current_user.id))
     await crud.update_password(
         session=session,
@@ -160,9 +166,17 @@ async def update_password_me(
 
 
 @router.delete("/me", responses=document(AUTHENTICATED, errors.SuperuserSelfDeletion))
-async def delete_user_me(session: SessionDep, current_user: CurrentUser) -> Message:
+async def delete_user_me(
+    session: SessionDep, current_user: CurrentUser, audit: AuditDep
+) -> Message:
     """Delete the current user and their items."""
     forbid_self_deletion_of_superuser(current_user)
+    audit.record(
+        AuditAction.user_deleted,
+        actor=current_user,
+        target=current_user,
+        email=current_user.email,
+    )
     await crud.delete_user(session=session, user=current_user)  # never a superadmin
     return Message(message="User deleted successfully")
 
@@ -189,12 +203,21 @@ async def read_sessions_me(
     responses=document(AUTHENTICATED, errors.SessionNotFound),
 )
 async def revoke_session_me(
-    session_id: uuid.UUID, session: SessionDep, current_user: CurrentUser
+    session_id: uuid.UUID,
+    session: SessionDep,
+    current_user: CurrentUser,
+    audit: AuditDep,
 ) -> Message:
     """End one of your sessions (e.g. a lost device)."""
     sessions = await crud.list_sessions(session=session, user_id=current_user.id)
     if session_id not in {user_session.id for user_session in sessions}:
         raise errors.SessionNotFound()
+    audit.record(
+        AuditAction.session_revoked,
+        actor=current_user,
+        target=current_user,
+        session_id=str(session_id),
+    )
     await crud.revoke_session_by_id(session=session, session_id=session_id)
     return Message(message="Session revoked")
 
@@ -252,6 +275,8 @@ async def update_user(
     session: SessionDep,
     user: ManagedUser,
     user_in: CheckedUserUpdate,
+    staff: CurrentStaff,
+    audit: AuditDep,
 ) -> User:
     """Update a user (admins: ordinary users only, without promoting them; a
     superadmin: anyone). A new password or deactivation ends their sessions; a new
@@ -259,6 +284,7 @@ async def update_user(
     if "email" in user_in.model_fields_set and user_in.email is not None:
         # Sent if the address is not verified (a new one never is).
         await jobs.defer(session, jobs.send_verification, email=user_in.email)
+    audit.user_updated(actor=staff, user=user, user_in=user_in)
     return await save_user_update(session, user, user_in)
 
 
@@ -273,11 +299,12 @@ async def update_user(
     ),
 )
 async def delete_user(
-    session: SessionDep, user: DeletableUser, staff: CurrentStaff
+    session: SessionDep, user: DeletableUser, staff: CurrentStaff, audit: AuditDep
 ) -> Message:
     """Delete a user and their items (admins: ordinary users only)."""
     if user.id == staff.id:
         forbid_self_deletion_of_superuser(user)
+    audit.record(AuditAction.user_deleted, actor=staff, target=user, email=user.email)
     try:
         await crud.delete_user(session=session, user=user)
     except crud.LastSuperadminError:
