@@ -72,7 +72,8 @@ def test_a_request_arrives_as_one_trace_with_its_sql_spans(
     assert server.service_name == "backend-under-test"
     # One trace: the health checks and the scrape made none.
     assert {span.trace_id for span in spans} == {server.trace_id}
-    sql = [span for span in spans if span.attributes.get("db.system") == "postgresql"]
+    database = scratch_database_url.get_backend_name()  # postgresql or sqlite
+    sql = [span for span in spans if span.attributes.get("db.system") == database]
     statements = [span.attributes.get("db.statement", "") for span in sql]
     assert any(s.startswith("SELECT users.") for s in statements), statements
     assert any(s.startswith("INSERT INTO user_sessions ") for s in statements)
