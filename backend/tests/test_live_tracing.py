@@ -34,14 +34,17 @@ def ancestors(span: ReceivedSpan, spans: list[ReceivedSpan]) -> list[str]:
     return names
 
 
-def test_a_request_arrives_as_one_trace_with_its_sql_spans(
-    scratch_database_url: URL, tmp_path: Path
-) -> None:
+def traced_login(
+    database_url: URL, tmp_path: Path, *flags: str
+) -> tuple[ReceivedSpan, list[ReceivedSpan], Path]:
+    """Serve the app on gunicorn (two workers, `flags`) with tracing on, poll its
+    health check, ask for /metrics, log in once, stop it. The login's server
+    span, every span received and the server's log file."""
     log_path = tmp_path / "gunicorn.log"
     with otlp_receiver() as receiver:
         port = str(free_port())
         env = server_env(
-            scratch_database_url,
+            database_url,
             PORT=port,
             ENVIRONMENT="staging",  # JSON log lines
             OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
@@ -50,11 +53,10 @@ def test_a_request_arrives_as_one_trace_with_its_sql_spans(
         prestart(env)
         command = [
             *GUNICORN,
-            *("-w", "2", "-b", f"127.0.0.1:{port}", "--access-logfile", "-"),
+            *("-w", "2", *flags, "-b", f"127.0.0.1:{port}", "--access-logfile", "-"),
             *("--control-socket", str(tmp_path / "gunicorn.ctl")),
         ]
-        # serving() polls the health check until the server answers.
-        with serving(command, env, log_path):
+        with serving(command, env, log_path):  # polls the health check
             base_url = f"http://127.0.0.1:{port}"
             assert httpx.get(f"{base_url}/metrics").status_code in (200, 404)
             login = httpx.post(
@@ -72,7 +74,7 @@ def test_a_request_arrives_as_one_trace_with_its_sql_spans(
     assert server.service_name == "backend-under-test"
     # One trace: the health checks and the scrape made none.
     assert {span.trace_id for span in spans} == {server.trace_id}
-    database = scratch_database_url.get_backend_name()  # postgresql or sqlite
+    database = database_url.get_backend_name()  # postgresql or sqlite
     sql = [span for span in spans if span.attributes.get("db.system") == database]
     statements = [span.attributes.get("db.statement", "") for span in sql]
     assert any(s.startswith("SELECT users.") for s in statements), statements
@@ -80,6 +82,13 @@ def test_a_request_arrives_as_one_trace_with_its_sql_spans(
     for span in sql:
         assert span.kind == "CLIENT"
         assert server.name in ancestors(span, spans), span
+    return server, spans, log_path
+
+
+def test_a_request_arrives_as_one_trace_with_its_sql_spans(
+    scratch_database_url: URL, tmp_path: Path
+) -> None:
+    server, _spans, log_path = traced_login(scratch_database_url, tmp_path)
 
     output = log_path.read_text().splitlines()
     # gunicorn's master writes a few plain lines before the app sets up logging.
@@ -88,3 +97,12 @@ def test_a_request_arrives_as_one_trace_with_its_sql_spans(
     assert ours, log_path.read_text()
     assert {line.get("trace_id") for line in ours} == {server.trace_id}
     assert all("trace_id" not in line for line in lines if line not in ours)
+
+
+def test_preloaded_workers_send_their_traces_too(
+    scratch_database_url: URL, tmp_path: Path
+) -> None:
+    """gunicorn.conf.py does not preload: each worker imports the app, and sets up
+    tracing, after the fork. Preloaded, the master does, and the SDK starts its
+    exporter thread again in each worker."""
+    traced_login(scratch_database_url, tmp_path, "--preload")
