@@ -9,19 +9,23 @@ from typing import Any
 
 import pytest
 from httpx import ASGITransport, AsyncClient
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
+from opentelemetry.trace import SpanKind
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
+from app.core import supabase
 from app.core.tracing import HideEmailsProcessor, UntracedPathsMiddleware
 from tests.utils.servers import BACKEND_DIR
+from tests.utils.supabase import FakeSupabase
 
 # What app/main.py loaded and installed, as JSON, in a fresh interpreter. The
 # OpenTelemetry API comes with FastAPI, and redis loads the SDK's metrics: only
@@ -68,6 +72,7 @@ def test_without_an_endpoint_nothing_is_loaded_or_installed() -> None:
     on = probe_app("http://127.0.0.1:4318")
     assert "opentelemetry.sdk.trace" in on["modules"]
     assert "opentelemetry.instrumentation.sqlalchemy" in on["modules"]
+    assert "opentelemetry.instrumentation.httpx" in on["modules"]
     assert on["provider"] == "TracerProvider"
     assert "UntracedPathsMiddleware" in on["middleware"]
     assert "TraceIdFilter" in on["log_filters"]
@@ -142,3 +147,22 @@ async def test_untraced_paths_make_no_sql_spans(
         await client.get("/api/v1/users/me")
     spans = exporter.get_finished_spans()
     assert "SELECT 1" in [(s.attributes or {}).get("db.statement") for s in spans]
+
+
+async def test_outgoing_calls_are_spans_of_the_request(
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    fake_supabase: FakeSupabase,
+) -> None:
+    """The Supabase JWKS fetch, as the app instruments httpx."""
+    HTTPXClientInstrumentor().instrument(tracer_provider=provider)
+    try:
+        with provider.get_tracer("test").start_as_current_span("request") as request:
+            await supabase.verify_supabase_token(fake_supabase.token())
+    finally:
+        HTTPXClientInstrumentor().uninstrument()
+
+    (fetch,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
+    assert fetch.attributes is not None and fetch.parent is not None
+    assert fetch.attributes["http.url"] == fake_supabase.url + supabase.JWKS_PATH
+    assert fetch.parent.span_id == request.get_span_context().span_id
