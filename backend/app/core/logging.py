@@ -74,7 +74,7 @@ class JsonFormatter(logging.Formatter):
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-5s [%(correlation_id)s] %(name)s: %(message)s"
-TRACED_TEXT_FORMAT = TEXT_FORMAT.replace("]", " %(trace_id)s]", 1)
+TRACED_TEXT_FORMAT = "%(asctime)s %(levelname)-5s [%(correlation_id)s %(trace_id)s] %(name)s: %(message)s"
 
 
 class TextFormatter(logging.Formatter):

@@ -31,7 +31,8 @@ def instrument(app: FastAPI, engine: AsyncEngine) -> None:
 
     Called when app/main.py is imported, which each gunicorn worker does after the
     fork (gunicorn.conf.py does not preload): each worker has its own exporter
-    thread. Under --preload, the SDK would start that thread again in each worker."""
+    thread. Under --preload, the SDK starts that thread again in each worker
+    (tests/test_live_tracing.py runs both)."""
     # Service name, sampler...: from the OTEL_* variables. Shut down by `stop`:
     # uvicorn ends a worker by raising SIGTERM again, so no exit handler runs.
     provider = TracerProvider(shutdown_on_exit=False)
