@@ -61,8 +61,9 @@ app = FastAPI(
     redoc_url=None,
     generate_unique_id_function=custom_generate_unique_id,
     lifespan=lifespan,
-    # FastAPI's own request spans, made once tracing is on (app/core/tracing.py).
-    telemetry={"exclude": is_untraced},
+    # FastAPI's own request spans, made once app/core/tracing.py has set up
+    # tracing and its exporter (never a second one from FASTAPI_OTEL_AUTO_CONFIGURE).
+    telemetry={"exclude": is_untraced, "auto_configure": False},
 )
 # On SQLite, jobs run after the response, once the request's session is closed.
 app.add_middleware(jobs.InProcessJobsMiddleware)
