@@ -20,6 +20,7 @@ from app.core.http import (
     BodyLimitMiddleware,
     SecurityHeadersMiddleware,
     docs_content_security_policy,
+    is_untraced,
 )
 from app.core.logging import is_safe_request_id, setup_logging
 
@@ -40,9 +41,15 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     yield
     await jobs.wait_in_process()
     await engine.dispose()
+    if settings.tracing_enabled:
+        tracing.stop()
 
 
-setup_logging(json_lines=settings.ENVIRONMENT != "local", level=settings.LOG_LEVEL)
+setup_logging(
+    json_lines=settings.ENVIRONMENT != "local",
+    level=settings.LOG_LEVEL,
+    trace_ids=settings.tracing_enabled,
+)
 if settings.SENTRY_DSN and settings.ENVIRONMENT != "local":
     sentry_sdk.init(dsn=str(settings.SENTRY_DSN), environment=settings.ENVIRONMENT)
 
@@ -54,6 +61,9 @@ app = FastAPI(
     redoc_url=None,
     generate_unique_id_function=custom_generate_unique_id,
     lifespan=lifespan,
+    # FastAPI's own request spans, made once app/core/tracing.py has set up
+    # tracing and its exporter (never a second one from FASTAPI_OTEL_AUTO_CONFIGURE).
+    telemetry={"exclude": is_untraced, "auto_configure": False},
 )
 # On SQLite, jobs run after the response, once the request's session is closed.
 app.add_middleware(jobs.InProcessJobsMiddleware)
@@ -73,6 +83,11 @@ app.add_middleware(
     docs_csp=docs_content_security_policy(docs.SCRIPT_HASHES),
     docs_pages=docs.PAGES,
 )
+if settings.tracing_enabled:
+    # Imported only when on: with tracing off, none of the SDK is even loaded.
+    from app.core import tracing
+
+    tracing.instrument(app, engine)
 # Added last, so it runs first and wraps everything: its request id (X-Request-ID)
 # is on every log line, a failed session close included.
 app.add_middleware(CorrelationIdMiddleware, validator=is_safe_request_id)

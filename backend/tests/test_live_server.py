@@ -1,71 +1,31 @@
 """The production path on an empty database: scripts/prestart.sh, then gunicorn
 with two uvicorn workers, exercised over real HTTP."""
 
-import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import URL
 
-from tests.utils.servers import answers, free_port, wait_until
+from tests.utils.servers import (
+    BACKEND_DIR,
+    GUNICORN,
+    SUPERUSER,
+    answers,
+    free_port,
+    prestart,
+    server_env,
+    serving,
+    wait_until,
+)
 
 # Each test runs prestart.sh and a server of its own.
 pytestmark = pytest.mark.slow
-
-BACKEND_DIR = Path(__file__).resolve().parents[1]
-SUPERUSER = ("live-admin@example.com", "live-admin-password")
-
-
-GUNICORN = ("gunicorn", "app.main:app", "-k", "uvicorn_worker.UvicornWorker")
-
-
-def server_env(database_url: URL, **settings: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DATABASE_URL": database_url.render_as_string(hide_password=False),
-        "FIRST_SUPERUSER": SUPERUSER[0],
-        "FIRST_SUPERUSER_PASSWORD": SUPERUSER[1],
-        # One key for both workers: a token from one must work on the other.
-        "SECRET_KEY": "live-server-test-secret-key-0123456789abcdef",
-        **settings,
-    }
-
-
-def prestart(env: dict[str, str]) -> None:
-    done = subprocess.run(
-        ["bash", "scripts/prestart.sh"],
-        cwd=BACKEND_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-
-
-@contextmanager
-def serving(command: list[str], env: dict[str, str], log_path: Path) -> Iterator[None]:
-    """`command` (a server on env["PORT"]) running in backend/ until the block ends."""
-    base_url = f"http://127.0.0.1:{env['PORT']}"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            command, cwd=BACKEND_DIR, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            health = f"{base_url}/api/v1/utils/health-check/"
-            wait_until(lambda: answers(health), 30, "the server to start", log=log_path)
-            yield
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
 
 
 @pytest.fixture

@@ -10,6 +10,9 @@ import pytest
 from asgi_correlation_id import correlation_id
 from fastapi.routing import APIRoute, APIRouter
 from httpx import AsyncClient
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import format_trace_id
 
 from app.api.routes import audit_events, auth, items, login, private, users, utils
 from app.core.config import settings
@@ -335,6 +338,34 @@ class TestLogging:
         assert "[req-text]" in line
         assert "text line" in line
         assert "WARN" in line
+
+    def test_json_lines_carry_the_trace_id_of_the_current_span(
+        self, restore_logging: None
+    ) -> None:
+        setup_logging(json_lines=True, trace_ids=True)
+        span = TracerProvider(shutdown_on_exit=False).get_tracer("t").start_span("r")
+
+        with trace.use_span(span, end_on_exit=True):
+            inside = json.loads(self.line(make_record(), "req-traced"))
+        outside = json.loads(self.line(make_record(), "req-untraced"))
+
+        assert inside["trace_id"] == format_trace_id(span.get_span_context().trace_id)
+        assert inside["request_id"] == "req-traced"
+        assert "trace_id" not in outside
+
+    def test_text_lines_carry_the_trace_id_beside_the_request_id(
+        self, restore_logging: None
+    ) -> None:
+        setup_logging(json_lines=False, trace_ids=True)
+        span = TracerProvider(shutdown_on_exit=False).get_tracer("t").start_span("r")
+        trace_id = format_trace_id(span.get_span_context().trace_id)
+
+        with trace.use_span(span, end_on_exit=True):
+            inside = self.line(make_record(), "req-traced")
+        outside = self.line(make_record(), "req-untraced")
+
+        assert f"[req-traced {trace_id}] app.test: hello" in inside
+        assert "[req-untraced] app.test: hello" in outside
 
     @pytest.mark.parametrize("name", ["uvicorn.access", "uvicorn.error"])
     def test_setup_logging_level_governs_server_loggers(

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # Swagger UI, ReDoc and the OpenAPI document; unset: on, except in production.
     DOCS_ENABLED: bool | None = None
     SENTRY_DSN: HttpUrl | None = None
+    # OpenTelemetry tracing: off unless set, to the OTLP/HTTP collector's base URL
+    # (http://collector:4318). The SDK reads it, and the other OTEL_* variables
+    # (OTEL_SERVICE_NAME...), from the process environment (app/core/tracing.py).
+    OTEL_EXPORTER_OTLP_ENDPOINT: HttpUrl | None = None
 
     # Auth. SECRET_KEY has no default: outside local it must be set.
     SECRET_KEY: str = ""
@@ -211,6 +215,11 @@ class Settings(BaseSettings):
         if self.DOCS_ENABLED is None:
             return self.ENVIRONMENT != "production"
         return self.DOCS_ENABLED
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def tracing_enabled(self) -> bool:
+        return self.OTEL_EXPORTER_OTLP_ENDPOINT is not None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

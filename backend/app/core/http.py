@@ -17,6 +17,13 @@ HSTS = "max-age=31536000; includeSubDomains"
 # API answers are data, never a page: nothing may load, run or frame them.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
 
+# Polled by Docker, Traefik and Prometheus: not worth a trace each (app/core/tracing.py).
+UNTRACED_PATHS = frozenset({"/metrics", f"{settings.API_V1_STR}/utils/health-check/"})
+
+
+def is_untraced(scope: Scope) -> bool:
+    return scope["path"] in UNTRACED_PATHS
+
 
 def docs_content_security_policy(script_hashes: list[str]) -> str:
     """The docs pages' policy: everything from this origin only; inline scripts

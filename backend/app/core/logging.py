@@ -1,5 +1,6 @@
 """One logging setup: readable lines locally, JSON lines elsewhere, a request id on
-each (asgi-correlation-id's middleware, in app/main.py, and its filter)."""
+each (asgi-correlation-id's middleware, in app/main.py, and its filter) and, when
+tracing is on, the trace id of the current span beside it (app/core/tracing.py)."""
 
 import json
 import logging
@@ -23,6 +24,11 @@ def is_safe_request_id(request_id: str) -> bool:
 _EMAIL_IN_PATH = re.compile(r"[^/?#&=\s]*(?:@|%40)[^/?#&=\s]*", re.IGNORECASE)
 
 
+def hide_emails(path: str) -> str:
+    """`path` (with its query, if any) without the email addresses in it."""
+    return _EMAIL_IN_PATH.sub("[email]", path)
+
+
 # An address in a job's arguments, as procrastinate logs them ("email='a@b.c'").
 _EMAIL_ADDRESS = re.compile(r"[^\s'\"@]+@([^\s'\"@,)]+)")
 
@@ -40,7 +46,7 @@ class RedactEmailFilter(logging.Filter):
             and isinstance(args, tuple)
             and len(args) > 2
         ):
-            path = _EMAIL_IN_PATH.sub("[email]", str(args[2]))
+            path = hide_emails(str(args[2]))
             record.args = (*args[:2], path, *args[3:])
         elif record.name.startswith("procrastinate"):
             record.msg = _EMAIL_ADDRESS.sub(r"*@\1", record.getMessage())
@@ -58,35 +64,56 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "request_id": getattr(record, "correlation_id", "-"),
-            "message": record.getMessage(),
         }
+        if trace_id := getattr(record, "trace_id", None):
+            entry["trace_id"] = trace_id
+        entry["message"] = record.getMessage()
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-5s [%(correlation_id)s] %(name)s: %(message)s"
+TRACED_TEXT_FORMAT = "%(asctime)s %(levelname)-5s [%(correlation_id)s %(trace_id)s] %(name)s: %(message)s"
 
 
-def setup_logging(*, json_lines: bool, level: str = "INFO") -> None:
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT, with the record's trace id beside the request id if it has one."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+        self.traced = logging.Formatter(TRACED_TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if hasattr(record, "trace_id"):
+            return self.traced.format(record)
+        return super().format(record)
+
+
+def setup_logging(
+    *, json_lines: bool, level: str = "INFO", trace_ids: bool = False
+) -> None:
+    """`trace_ids`: the current span's trace id on each line that has one (only
+    with tracing on: its filter's module loads the OpenTelemetry SDK)."""
+    filters: dict[str, dict[str, Any]] = {
+        "request_id": {"()": CorrelationIdFilter, "default_value": "-"},
+        "redact_email": {"()": RedactEmailFilter},
+    }
+    if trace_ids:
+        filters["trace_id"] = {"()": "app.core.tracing.TraceIdFilter"}
     logging.config.dictConfig(
         {
             "version": 1,
             "disable_existing_loggers": False,
-            "filters": {
-                "request_id": {"()": CorrelationIdFilter, "default_value": "-"},
-                "redact_email": {"()": RedactEmailFilter},
-            },
+            "filters": filters,
             "formatters": {
-                "default": {"()": JsonFormatter}
-                if json_lines
-                else {"format": TEXT_FORMAT}
+                "default": {"()": JsonFormatter if json_lines else TextFormatter}
             },
             "handlers": {
                 "default": {
                     "class": "logging.StreamHandler",
                     "formatter": "default",
-                    "filters": ["request_id", "redact_email"],
+                    "filters": list(filters),
                 }
             },
             "root": {"handlers": ["default"], "level": level},

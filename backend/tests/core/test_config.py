@@ -227,3 +227,18 @@ class TestDocsExposure:
     def test_docs_setting_wins(self, monkeypatch: pytest.MonkeyPatch) -> None:
         assert production(monkeypatch, DOCS_ENABLED=True).docs_enabled is True
         assert make_settings(monkeypatch, DOCS_ENABLED=False).docs_enabled is False
+
+
+class TestTracingSettings:
+    def test_tracing_on_only_with_an_endpoint(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+        assert make_settings(monkeypatch).tracing_enabled is False
+        assert make_settings(
+            monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318"
+        ).tracing_enabled
+
+    def test_endpoint_must_be_a_url(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        with pytest.raises(ValidationError, match="OTEL_EXPORTER_OTLP_ENDPOINT"):
+            make_settings(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT="collector:4318")

@@ -27,7 +27,7 @@ from tests.utils.fuzz import (
     Identity,
     Server,
 )
-from tests.utils.servers import answers, free_port, wait_until
+from tests.utils.servers import answers, free_port, prestart, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -94,15 +94,7 @@ def server(
         "SIGNUPS_PER_CLIENT": "1000000",
     }
     env.pop("SUPABASE_URL", None)
-    prestart = subprocess.run(
-        ["bash", "scripts/prestart.sh"],
-        cwd=BACKEND_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert prestart.returncode == 0, prestart.stderr
+    prestart(env)
     command = [
         *("gunicorn", "app.main:app", "-k", "uvicorn_worker.UvicornWorker", "-w", "2"),
         *("-b", f"127.0.0.1:{port}", "--control-socket", str(tmp_path / "g.ctl")),
