@@ -1,11 +1,13 @@
 import uuid
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, bindparam, or_, tuple_, update
+from sqlalchemy import ColumnElement, Row, bindparam, or_, tuple_, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import InstrumentedAttribute
 from sqlmodel import col, delete, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel.sql.expression import Select
 
 from app.core.config import settings
 from app.core.pagination import Page
@@ -19,6 +21,7 @@ from app.core.security import (
 from app.models import (
     Item,
     ItemCreate,
+    ItemPublic,
     ItemUpdate,
     RefreshToken,
     Role,
@@ -48,15 +51,18 @@ async def _paginate(
     *,
     page: Page,
     where: tuple[ColumnElement[bool], ...] = (),
-) -> tuple[list[Listed], int]:
+    columns: tuple[InstrumentedAttribute[Any], ...] = (),
+) -> tuple[list[Any], int]:
     """One page of `model`'s rows matching `where`, newest first, plus the total
-    they match (cursor or not).
+    they match (cursor or not): ORM entities, or only `columns` as plain rows.
 
     The total rides on every row as a last column, a scalar subquery the
     database computes once: page and count in one round trip. Only a page past
     the end, which has no row to carry it, costs a second query."""
     count = select(func.count()).select_from(model).where(*where)
-    statement = select(model, count.scalar_subquery()).where(*where)
+    statement: Select[*tuple[Any, ...]] = Select(
+        *(columns or (model,)), count.scalar_subquery()
+    ).where(*where)
     if page.after is not None:
         # A row comparison the (…, created_at, id) indexes answer without a scan.
         statement = statement.where(
@@ -65,7 +71,7 @@ async def _paginate(
     statement = statement.order_by(col(model.created_at).desc(), col(model.id).desc())
     rows = (await session.exec(statement.offset(page.skip).limit(page.limit))).all()
     if rows:
-        return [row for row, _ in rows], rows[0][1]
+        return [row if columns else row[0] for row in rows], rows[0][-1]
     if page.skip == 0 and page.after is None:
         return [], 0
     return [], await session.scalar(count) or 0
@@ -394,12 +400,21 @@ async def get_item(*, session: AsyncSession, item_id: uuid.UUID) -> Item | None:
     return await session.get(Item, item_id)
 
 
+# The list reads only the columns ItemPublic shows, as plain rows (they read
+# like the model): no ORM entity, identity-map entry and instrumented attributes
+# per row. GET /items/?limit=100 (100 rows, in-process, callgrind): 17.8 -> 13.7 M
+# instructions (-23%).
+ITEM_LIST_COLUMNS = tuple(getattr(Item, name) for name in ItemPublic.model_fields)
+
+
 async def list_items(
     *, session: AsyncSession, owner_id: uuid.UUID | None, page: Page
-) -> tuple[list[Item], int]:
+) -> tuple[list[Row[Any]], int]:
     """Items of `owner_id`, or of everyone when it is None; newest first."""
     where = () if owner_id is None else (col(Item.owner_id) == owner_id,)
-    return await _paginate(session, Item, page=page, where=where)
+    return await _paginate(
+        session, Item, page=page, where=where, columns=ITEM_LIST_COLUMNS
+    )
 
 
 async def create_item(

@@ -42,8 +42,8 @@ CURRENT_USER_SQL = (
     " AND user_sessions.expires_at > %(now)s::TIMESTAMP WITH TIME ZONE"
 )
 ITEMS_PAGE_SQL = (
-    "SELECT items.title, items.description, items.id, items.owner_id,"
-    " items.created_at, items.updated_at, (SELECT count(*) AS count_1 \n"
+    "SELECT items.id, items.title, items.description, items.owner_id,"
+    " items.created_at, (SELECT count(*) AS count_1 \n"
     "FROM items \n"
     "WHERE items.owner_id = %(owner_id_1)s::UUID) AS anon_1 \n"
     "FROM items \n"
