@@ -45,11 +45,11 @@ ITEMS_PAGE_SQL = (
     "SELECT items.id, items.title, items.description, items.owner_id,"
     " items.created_at, (SELECT count(*) AS count_1 \n"
     "FROM items \n"
-    "WHERE items.owner_id = %(owner_id_1)s::UUID) AS anon_1 \n"
+    "WHERE items.owner_id = %(owner_id)s::UUID) AS anon_1 \n"
     "FROM items \n"
-    "WHERE items.owner_id = %(owner_id_1)s::UUID"
+    "WHERE items.owner_id = %(owner_id)s::UUID"
     " ORDER BY items.created_at DESC, items.id DESC \n"
-    " LIMIT %(param_1)s::INTEGER OFFSET %(param_2)s::INTEGER"
+    " LIMIT %(limit)s OFFSET %(skip)s"
 )
 
 Handler = Callable[[Scope], Awaitable[tuple[int, Any]]]
@@ -105,7 +105,7 @@ async def items_page(scope: Scope) -> tuple[int, Any]:
         "session_id": query["session_id"],
         "now": datetime.now().astimezone(),
     }
-    page = {"owner_id_1": query["user_id"], "param_1": limit, "param_2": 0}
+    page = {"owner_id": query["user_id"], "limit": limit, "skip": 0}
     async with engine.begin() as connection:  # BEGIN ... COMMIT, like the app
         if (await connection.exec_driver_sql(CURRENT_USER_SQL, user)).first() is None:
             return 401, {"detail": "Could not validate credentials"}
