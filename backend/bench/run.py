@@ -15,30 +15,35 @@ postgres), which must allow CREATE DATABASE. Everything listens on 127.0.0.1.
    10,000 items: the reader (user 0) and the writer (user 1) own exactly 100
    items each. Then tops the first up to 1,000,000 items (VACUUM ANALYZE,
    CHECKPOINT).
-2. Serves the app the production way: gunicorn with 2 uvicorn workers,
-   ENVIRONMENT=production (JSON log lines, to a log file), a fixed SECRET_KEY.
-   Each scenario is a warm-up (`--warmup` s) then `--duration` s of wrk
-   (bench/load.lua) at `--concurrency` connections:
+2. Serves the app the production way: gunicorn with 2 uvicorn workers, each
+   on a listening socket of its own (--reuse-port: no racing accept),
+   ENVIRONMENT=production (JSON log lines, to a log file), a fixed SECRET_KEY,
+   metrics on (the default). Each scenario is a warm-up (`--warmup` s) then
+   `--duration` s of wrk (bench/load.lua) at `--concurrency` connections:
+     list ceiling     bench/ceiling.py `items`: the list's own SQL and JSON,
+                      no framework, no ORM (its body checked equal to the
+                      API's first), in turn with
      items 10k / 1M   GET /items/?limit=100 as the reader, on the small
-                      database and on the 1M one, in turn (a server each)
+                      database and on the 1M one (a server each)
      sequential       200 GET /items/?limit=100 one after the other (1M rows)
-     ceiling          bench/ceiling.py (its own gunicorn, same engine), one
-                      SELECT 1 per request, in turn with users/me (one
-                      server up at a time: their pools would not fit
-                      PostgreSQL's default 100 connections)
-     users/me, PUT /items/{id} (the writer's 100, rotating), POST /items/,
+     ceiling          bench/ceiling.py `app`, one SELECT 1 per request, in
+                      turn with users/me, metrics on and off (one server up
+                      at a time: their pools would not fit PostgreSQL's
+                      default 100 connections)
+     PUT /items/{id} (the writer's 100, rotating), POST /items/,
      POST /login/access-token (Argon2: CPU-bound, few per second),
      users/me at 8 connections alone, then during 16 concurrent logins,
-     users/me through Traefik (the repo's traefik/dynamic routing files), in
-                      turn with users/me direct.
-   The pairs a target compares by a ratio (items 10k and 1M, ceiling and
-   users/me, Traefik and direct) run in turn, four rounds of half `--duration`
-   each (a, b, a, b...), so that the drift of a shared machine touches both
-   alike.
+     users/me open loop (bench/openloop.py) at half the users/me maximum,
+                      direct and through Traefik (the repo's traefik/dynamic
+                      routing files), in turn.
+   The scenarios a target compares by a ratio run in turn, four rounds of half
+   `--duration` each (a, b, a, b...), so that the drift of a shared machine
+   touches them alike.
    Then a fresh server for memory: each worker's RSS after 10,000 and after
    100,000 requests of /users/me.
 3. Prints a Markdown table (req/s, latency percentiles, errors = every non-2xx
-   response and socket error, ratio to the ceiling), the targets as PASS/FAIL
+   response and socket error, ratio to the ceiling, the busier worker's share
+   of the workers' CPU), the targets as PASS/FAIL
    lines, and writes everything to backend/bench/results/<timestamp>.json.
 
 Drops the databases at the end unless --keep. Logs (servers, wrk, Traefik) go to
