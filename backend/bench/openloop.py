@@ -147,16 +147,19 @@ class Generator:
             await asyncio.wait(tasks, timeout=TIMEOUT_S + 1)
 
 
-def percentiles(samples: list[float]) -> dict[str, float]:
+def percentiles(samples: list[float], unit: float = 1e6) -> dict[str, float]:
+    """p50, p90, p99, max and mean of `samples` (seconds) times `unit`
+    (1e6: microseconds); every one is the sample when there is only one."""
     if len(samples) < 2:
-        return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0}
+        value = samples[0] * unit if samples else 0.0
+        return dict.fromkeys(("p50", "p90", "p99", "max", "mean"), value)
     cuts = statistics.quantiles(samples, n=100, method="inclusive")
     return {
-        "p50": cuts[49] * 1e6,
-        "p90": cuts[89] * 1e6,
-        "p99": cuts[98] * 1e6,
-        "max": max(samples) * 1e6,
-        "mean": statistics.fmean(samples) * 1e6,
+        "p50": cuts[49] * unit,
+        "p90": cuts[89] * unit,
+        "p99": cuts[98] * unit,
+        "max": max(samples) * unit,
+        "mean": statistics.fmean(samples) * unit,
     }
 
 

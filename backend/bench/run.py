@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import db
+from bench.openloop import percentiles
 from bench.servers import (
     BACKEND_DIR,
     CpuSample,
@@ -437,20 +438,13 @@ class Bench:
             cpu = self.usage(start)
         finally:
             conn.close()
-        cuts = statistics.quantiles(latencies, n=100, method="inclusive")
         load = Load(
             requests=count,
             seconds=sum(latencies),
             non2xx=sum(statuses.values()),
             statuses=statuses,
             socket_errors={},
-            latency_us={
-                "p50": cuts[49] * 1e6,
-                "p90": cuts[89] * 1e6,
-                "p99": cuts[98] * 1e6,
-                "max": max(latencies) * 1e6,
-                "mean": statistics.fmean(latencies) * 1e6,
-            },
+            latency_us=percentiles(latencies),
         )
         self.record(name, load, 1, cpu)
 
