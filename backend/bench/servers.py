@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BACKEND_DIR = Path(__file__).resolve().parents[1]
 REPO_DIR = BACKEND_DIR.parent
@@ -199,6 +200,10 @@ def gunicorn(
         "-b",
         f"{HOST}:{port}",
         "--no-control-socket",
+        # A listening socket per worker, the kernel spreading connections over
+        # them: with one shared socket the workers race for each accept, and one
+        # of them could take 28 of wrk's 32 connections, moving every ratio.
+        "--reuse-port",
         "--graceful-timeout",
         "10",
     ]
@@ -355,6 +360,46 @@ def finish_wrk(popen: subprocess.Popen[str], *, timeout: float, log: Path) -> Lo
                 latency_us=data["latency_us"],
             )
     raise RuntimeError(f"wrk failed (exit {popen.returncode}):\n{output}")
+
+
+def open_loop(
+    url: str,
+    *,
+    rate: float,
+    seconds: float,
+    headers: list[str],
+) -> tuple[Load, dict[str, Any]]:
+    """bench/openloop.py in its own process: `rate` requests/s for `seconds`.
+    Returns the load and the generator's own figures (CPU, lag, connections)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.openloop",
+        url,
+        f"--rate={rate:.1f}",
+        f"--seconds={seconds}",
+        *(f"--header={header}" for header in headers),
+    ]
+    done = subprocess.run(
+        cmd,
+        cwd=BACKEND_DIR,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.openloop failed ({done.returncode}):\n{done.stderr}")
+    data: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    load = Load(
+        requests=data["requests"],
+        seconds=data["seconds"],
+        non2xx=sum(data["statuses"].values()),
+        statuses=data["statuses"],
+        socket_errors=data["socket_errors"],
+        latency_us=data["latency_us"],
+    )
+    return load, data
 
 
 def wrk(

@@ -45,7 +45,6 @@ import os
 import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +62,7 @@ from typing import Any
 import httpx
 
 from bench import db
+from bench.openloop import percentiles
 from bench.run import (
     API,
     HEALTH,
@@ -209,21 +209,6 @@ class Tally:
 
 def status_class(key: str) -> str:
     return f"{key[0]}xx" if key.isdigit() else "errors"
-
-
-def percentiles(latencies: list[float]) -> dict[str, float]:
-    """In milliseconds."""
-    if len(latencies) < 2:
-        return dict.fromkeys(
-            ("p50", "p90", "p99", "max"), latencies[0] * 1e3 if latencies else 0.0
-        )
-    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-    return {
-        "p50": cuts[49] * 1e3,
-        "p90": cuts[89] * 1e3,
-        "p99": cuts[98] * 1e3,
-        "max": max(latencies) * 1e3,
-    }
 
 
 class Load:
@@ -848,7 +833,7 @@ def report(
     end = outcome.end
     assert end is not None
     every = [x for t in load.tallies.values() for x in t.latencies]
-    lat = percentiles(every)
+    lat = percentiles(every, unit=1e3)
     out(
         f"Soak: {outcome.seconds:.0f} s at {args.rate:g} req/s target, {WORKERS} workers,"
         f" DB_POOL_SIZE={settings.DB_POOL_SIZE}, DB_MAX_OVERFLOW={settings.DB_MAX_OVERFLOW},"
@@ -890,7 +875,7 @@ def report(
     out("|---|---:|---:|---:|---:|---:|")
     for op in sorted(load.tallies, key=lambda o: -len(load.tallies[o].latencies)):
         t = load.tallies[op]
-        p = percentiles(t.latencies)
+        p = percentiles(t.latencies, unit=1e3)
         out(
             f"| {op} | {len(t.latencies):,} | {EXPECTED[op]} | {p['p50']:.1f}"
             f" | {p['p99']:.1f} | {p['max']:.0f} |"
@@ -978,14 +963,14 @@ def to_json(
         "requests": load.requests,
         "rps": load.requests / outcome.seconds if outcome.seconds else 0.0,
         "statuses": dict(load.totals),
-        "latency_ms": percentiles(every),
+        "latency_ms": percentiles(every, unit=1e3),
         "operations": {
             op: {
                 "requests": len(t.latencies),
                 "expected": EXPECTED[op],
                 "statuses": dict(t.statuses),
                 "unexpected": t.unexpected,
-                "latency_ms": percentiles(t.latencies),
+                "latency_ms": percentiles(t.latencies, unit=1e3),
             }
             for op, t in load.tallies.items()
         },
