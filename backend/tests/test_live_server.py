@@ -1,17 +1,21 @@
 """The production path on an empty database: scripts/prestart.sh, then gunicorn
 with two uvicorn workers, exercised over real HTTP."""
 
+import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import URL
 
+from tests.utils.metrics import Samples, label_values, parse, value
 from tests.utils.servers import (
     BACKEND_DIR,
     GUNICORN,
@@ -216,3 +220,147 @@ def test_start_script_migrates_serves_and_drains_before_stopping(
             server.kill()
     assert time.monotonic() - sent >= 2
     assert not answers(health)
+
+
+# Metrics across the workers (app/core/metrics.py, gunicorn.conf.py).
+
+ITEM_ROUTE = "/api/v1/items/{id}"
+HEALTH_ROUTE = "/api/v1/utils/health-check/"  # polled by serving()
+
+
+def scrape(base_url: str) -> Samples:
+    response = httpx.get(f"{base_url}/metrics", timeout=10)
+    assert response.status_code == 200
+    return parse(response.text)
+
+
+def served(samples: Samples, route: str, status: str) -> float:
+    labels = {"method": "GET", "route": route, "status": status}
+    return value(samples, "http_requests_total", **labels)
+
+
+def send_traffic(base_url: str, rounds: int) -> None:
+    """`rounds` times: a route with an id, a fixed one, a 404 scan; each request
+    on a new connection, so that the workers take turns."""
+    for _ in range(rounds):
+        assert httpx.get(f"{base_url}/api/v1/items/{uuid.uuid4()}").status_code == 401
+        assert httpx.get(f"{base_url}/").status_code == 200
+        assert httpx.get(f"{base_url}/{uuid.uuid4().hex}.php").status_code == 404
+
+
+def assert_counted(samples: Samples, rounds: int) -> None:
+    assert served(samples, ITEM_ROUTE, "401") == rounds
+    assert served(samples, "/", "200") == rounds
+    assert served(samples, "unmatched", "404") == rounds
+    # No id and no scanned path became a label value.
+    expected = {ITEM_ROUTE, "/", "unmatched", HEALTH_ROUTE, "/metrics"}
+    assert label_values(samples, "route") <= expected
+
+
+def workers(server: subprocess.Popen[bytes]) -> list[int]:
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text()
+    return [int(pid) for pid in children.split()]
+
+
+def worker_value(metrics_dir: Path, file: str, pid: int, name: str) -> float:
+    """One worker's own value of `name`, from its file (`counter`, `gauge_livesum`)."""
+    path = metrics_dir / f"{file}_{pid}.db"
+    if not path.exists():
+        return 0
+    return sum(
+        sample.value
+        for family in MultiProcessCollector.merge([str(path)])  # type: ignore[no-untyped-call]
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+def requests_of(metrics_dir: Path, pid: int) -> float:
+    return worker_value(metrics_dir, "counter", pid, "http_requests_total")
+
+
+def test_metrics_sum_the_workers_and_survive_a_killed_one(
+    scratch_database_url: URL, tmp_path: Path
+) -> None:
+    """One scrape answers for both workers; a worker killed (SIGKILL) and
+    replaced loses none of its counts and counts nothing twice; its gauges
+    leave the sums."""
+    port = str(free_port())
+    metrics_dir = tmp_path / "metrics"
+    env = server_env(
+        scratch_database_url, PORT=port, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)
+    )
+    prestart(env)
+    command = [*GUNICORN, "-w", "2", "-b", f"127.0.0.1:{port}", "--no-control-socket"]
+    base_url = f"http://127.0.0.1:{port}"
+    with serving(command, env, tmp_path / "gunicorn.log") as server:
+        rounds = 0
+        while rounds < 200 and not all(
+            requests_of(metrics_dir, pid) for pid in workers(server)
+        ):
+            send_traffic(base_url, 10)
+            rounds += 10
+        assert all(requests_of(metrics_dir, pid) for pid in workers(server))
+        pid = workers(server)[0]
+        samples = scrape(base_url)
+        assert_counted(samples, rounds)
+        # DB_POOL_SIZE on PostgreSQL, SQLAlchemy's default on SQLite.
+        one_pool = worker_value(metrics_dir, "gauge_livesum", pid, "db_pool_size")
+        pool_size = value(samples, "db_pool_size")
+        assert one_pool > 0
+        assert pool_size == 2 * one_pool
+
+        pids = workers(server)
+        killed = pids[0]
+        os.kill(killed, signal.SIGKILL)
+        wait_until(
+            lambda: killed not in workers(server) and len(workers(server)) == 2,
+            30,
+            "gunicorn to replace the killed worker",
+        )
+        (replacement,) = set(workers(server)) - set(pids)
+        wait_until(
+            lambda: (
+                worker_value(metrics_dir, "gauge_livesum", replacement, "db_pool_size")
+                > 0
+            ),
+            30,
+            "the new worker's pool",
+        )
+        # The new worker's pool counts, the dead one's no longer.
+        assert value(scrape(base_url), "db_pool_size") == pool_size
+        send_traffic(base_url, 10)
+        assert_counted(scrape(base_url), rounds + 10)
+
+
+def test_metrics_start_at_zero_on_every_start(
+    scratch_database_url: URL, tmp_path: Path
+) -> None:
+    """A restarted server does not count its predecessor's requests: a
+    directory given in PROMETHEUS_MULTIPROC_DIR is emptied at start; without
+    one, gunicorn.conf.py makes one of its own and removes it at exit."""
+    port = str(free_port())
+    base_url = f"http://127.0.0.1:{port}"
+    command = [*GUNICORN, "-w", "2", "-b", f"127.0.0.1:{port}", "--no-control-socket"]
+    temp = tmp_path / "tmp"  # the servers' temporary directory, no one else's
+    temp.mkdir()
+
+    def own_dirs() -> set[Path]:
+        return set(temp.glob("prometheus-multiproc-*"))
+
+    given = server_env(
+        scratch_database_url,
+        PORT=port,
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "m"),
+        TMPDIR=str(temp),
+    )
+    prestart(given)
+    default = {k: v for k, v in given.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    for env in (given, given, default):
+        before = own_dirs()
+        with serving(command, env, tmp_path / "gunicorn.log"):
+            send_traffic(base_url, 3)
+            assert_counted(scrape(base_url), 3)
+            made = own_dirs() - before
+            assert len(made) == (1 if env is default else 0)
+        assert own_dirs() == before

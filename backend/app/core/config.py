@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     # (http://collector:4318). The SDK reads it, and the other OTEL_* variables
     # (OTEL_SERVICE_NAME...), from the process environment (app/core/tracing.py).
     OTEL_EXPORTER_OTLP_ENDPOINT: HttpUrl | None = None
+    # GET /metrics (Prometheus) and the request metrics middleware; off: neither.
+    METRICS_ENABLED: bool = True
 
     # Auth. SECRET_KEY has no default: outside local it must be set.
     SECRET_KEY: str = ""

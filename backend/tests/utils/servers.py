@@ -93,7 +93,9 @@ def prestart(env: dict[str, str]) -> None:
 
 
 @contextmanager
-def serving(command: list[str], env: dict[str, str], log_path: Path) -> Iterator[None]:
+def serving(
+    command: list[str], env: dict[str, str], log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """`command` (a server on env["PORT"]) running in backend/ until the block ends."""
     base_url = f"http://127.0.0.1:{env['PORT']}"
     with log_path.open("w") as log:
@@ -103,7 +105,7 @@ def serving(command: list[str], env: dict[str, str], log_path: Path) -> Iterator
         try:
             health = f"{base_url}/api/v1/utils/health-check/"
             wait_until(lambda: answers(health), 30, "the server to start", log=log_path)
-            yield
+            yield server
         finally:
             server.terminate()
             server.wait(timeout=30)
