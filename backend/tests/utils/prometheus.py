@@ -1,0 +1,68 @@
+"""A real Prometheus's HTTP API: instant queries, and waiting for its scrapes."""
+
+from typing import Any
+
+import httpx
+
+from tests.utils.servers import wait_until
+
+Labels = frozenset[tuple[str, str]]
+
+
+def query(url: str, promql: str, at: float | None = None) -> dict[Labels, float]:
+    """An instant query (at `at`, a Unix time, or now): each series' labels -> value."""
+    params = {"query": promql} | ({} if at is None else {"time": str(at)})
+    answer = httpx.get(f"{url}/api/v1/query", params=params, timeout=10)
+    assert answer.status_code == 200, answer.text
+    data: dict[str, Any] = answer.json()["data"]
+    assert data["resultType"] == "vector", data
+    return {
+        frozenset(series["metric"].items()): float(series["value"][1])
+        for series in data["result"]
+    }
+
+
+def by(label: str, result: dict[Labels, float]) -> dict[str, float]:
+    """A result of `sum by (label) (...)`, keyed by that label's value."""
+    return {dict(labels).get(label, ""): value for labels, value in result.items()}
+
+
+def counts(label: str, result: dict[Labels, float]) -> dict[str, float]:
+    """`by(label, result)` without the series that did not change (value 0)."""
+    return {key: value for key, value in by(label, result).items() if value}
+
+
+def targets(url: str) -> dict[str, list[dict[str, Any]]]:
+    """The active scrape targets, by job."""
+    answer = httpx.get(f"{url}/api/v1/targets", params={"state": "active"}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    found: dict[str, list[dict[str, Any]]] = {}
+    for target in answer.json()["data"]["activeTargets"]:
+        found.setdefault(target["labels"]["job"], []).append(target)
+    return found
+
+
+def wait_for_targets_up(url: str, jobs: dict[str, int], timeout: float) -> None:
+    """Until each job has that many targets, every one scraped successfully."""
+
+    def all_up() -> bool:
+        found = targets(url)
+        return all(
+            len(found.get(job, [])) == count
+            and all(target["health"] == "up" for target in found[job])
+            for job, count in jobs.items()
+        )
+
+    wait_until(all_up, timeout=timeout, what=f"{jobs} targets up", interval=0.5)
+
+
+def wait_for_scrape_after(url: str, job: str, since: float) -> dict[str, float]:
+    """Until every target of `job` was scraped after `since` (a Unix time): the
+    time of each one's latest scrape, by instance."""
+
+    def scraped() -> dict[str, float] | None:
+        # Every sample of a scrape has the scrape's time, `up`'s too.
+        found = by("instance", query(url, f'timestamp(up{{job="{job}"}})'))
+        return found if found and min(found.values()) > since else None
+
+    return wait_until(scraped, timeout=15, what=f"a scrape of {job}", interval=0.2)
