@@ -289,6 +289,8 @@ EOF
         cat <<EOF
   metrics:
     address: "$HOST:$METRICS_PORT"
+    http:
+      aliasHeadersStrategy: delete
 EOF
     } >"$STATE_DIR/traefik/traefik.yml"
     [ "$PROMETHEUS" != true ] || prometheus_config
