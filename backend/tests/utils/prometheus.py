@@ -56,7 +56,9 @@ def wait_for_targets_up(url: str, jobs: dict[str, int], timeout: float) -> None:
     wait_until(all_up, timeout=timeout, what=f"{jobs} targets up", interval=0.5)
 
 
-def wait_for_scrape_after(url: str, job: str, since: float) -> dict[str, float]:
+def wait_for_scrape_after(
+    url: str, job: str, since: float, timeout: float = 15
+) -> dict[str, float]:
     """Until every target of `job` was scraped after `since` (a Unix time): the
     time of each one's latest scrape, by instance."""
 
@@ -65,4 +67,4 @@ def wait_for_scrape_after(url: str, job: str, since: float) -> dict[str, float]:
         found = by("instance", query(url, f'timestamp(up{{job="{job}"}})'))
         return found if found and min(found.values()) > since else None
 
-    return wait_until(scraped, timeout=15, what=f"a scrape of {job}", interval=0.2)
+    return wait_until(scraped, timeout, what=f"a scrape of {job}", interval=0.2)
