@@ -32,8 +32,13 @@ def stack(
 ) -> Iterator[Stack]:
     state_dir = tmp_path_factory.mktemp("stack")
     # Prometheus scrapes every second: tests/stack/test_metrics.py queries it.
-    settings = {"STACK_PROMETHEUS": "true", "STACK_SCRAPE_INTERVAL": "1s"}
-    with running(new_stack(state_dir, stack_database_url, **settings)) as started:
+    settings = new_stack(
+        state_dir,
+        stack_database_url,
+        STACK_PROMETHEUS="true",
+        STACK_SCRAPE_INTERVAL="1s",
+    )
+    with running(settings) as started:
         yield started
 
 

@@ -28,8 +28,8 @@ class Stack:
     https_port: int
     adminer_port: int
     dashboard_port: int
-    metrics_port: int
-    prometheus_port: int
+    metrics_url: str  # Traefik's own metrics, on its internal entrypoint
+    prometheus_url: str  # Prometheus, when STACK_PROMETHEUS is true
     backend_ports: tuple[int, int]
     smtp_port: int
     database_url: URL
@@ -47,15 +47,6 @@ class Stack:
     @property
     def dashboard_url(self) -> str:
         return f"http://{DOMAIN}:{self.dashboard_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        """Traefik's own metrics, on its internal entrypoint `metrics`."""
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    @property
-    def prometheus_url(self) -> str:
-        return f"http://127.0.0.1:{self.prometheus_port}"
 
     @property
     def processes(self) -> tuple[str, ...]:
@@ -119,8 +110,8 @@ def new_stack(
         https_port=https_port,
         adminer_port=ports[0],
         dashboard_port=ports[1],
-        metrics_port=ports[6],
-        prometheus_port=ports[7],
+        metrics_url=f"http://127.0.0.1:{ports[6]}/metrics",
+        prometheus_url=f"http://127.0.0.1:{ports[7]}",
         backend_ports=(ports[2], ports[3]),
         smtp_port=ports[4],
         database_url=database_url,
