@@ -12,7 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 from app import jobs
 from app.api.errors import add_exception_handlers
 from app.api.main import include_api_routers
-from app.api.routes import docs
+from app.api.routes import docs, metrics
 from app.core import security
 from app.core.config import settings
 from app.core.db import engine
@@ -22,6 +22,7 @@ from app.core.http import (
     docs_content_security_policy,
 )
 from app.core.logging import is_safe_request_id, setup_logging
+from app.core.metrics import MetricsMiddleware, instrument_pool
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +74,17 @@ app.add_middleware(
     docs_csp=docs_content_security_policy(docs.SCRIPT_HASHES),
     docs_pages=docs.PAGES,
 )
+if settings.METRICS_ENABLED:
+    # Around everything but the request id: every answer is counted, 413s too.
+    app.add_middleware(MetricsMiddleware, routes=app.routes)
+    instrument_pool(engine)
 # Added last, so it runs first and wraps everything: its request id (X-Request-ID)
 # is on every log line, a failed session close included.
 app.add_middleware(CorrelationIdMiddleware, validator=is_safe_request_id)
 add_exception_handlers(app)
 include_api_routers(app)
+if settings.METRICS_ENABLED:
+    app.include_router(metrics.router)
 if settings.docs_enabled:
     app.include_router(docs.router)
     app.mount(docs.ASSETS_URL, docs.assets, name="docs-assets")

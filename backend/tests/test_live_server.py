@@ -6,14 +6,18 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import URL
 
+from app.core.config import settings
+from tests.utils.metrics import Samples, label_values, parse, value
 from tests.utils.servers import answers, free_port, wait_until
 
 # Each test runs prestart.sh and a server of its own.
@@ -52,7 +56,9 @@ def prestart(env: dict[str, str]) -> None:
 
 
 @contextmanager
-def serving(command: list[str], env: dict[str, str], log_path: Path) -> Iterator[None]:
+def serving(
+    command: list[str], env: dict[str, str], log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """`command` (a server on env["PORT"]) running in backend/ until the block ends."""
     base_url = f"http://127.0.0.1:{env['PORT']}"
     with log_path.open("w") as log:
@@ -62,7 +68,7 @@ def serving(command: list[str], env: dict[str, str], log_path: Path) -> Iterator
         try:
             health = f"{base_url}/api/v1/utils/health-check/"
             wait_until(lambda: answers(health), 30, "the server to start", log=log_path)
-            yield
+            yield server
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -256,3 +262,133 @@ def test_start_script_migrates_serves_and_drains_before_stopping(
             server.kill()
     assert time.monotonic() - sent >= 2
     assert not answers(health)
+
+
+# Metrics across the workers (app/core/metrics.py, gunicorn.conf.py).
+
+ITEM_ROUTE = "/api/v1/items/{id}"
+HEALTH_ROUTE = "/api/v1/utils/health-check/"  # polled by serving()
+
+
+def scrape(base_url: str) -> Samples:
+    response = httpx.get(f"{base_url}/metrics", timeout=10)
+    assert response.status_code == 200
+    return parse(response.text)
+
+
+def served(samples: Samples, route: str, status: str) -> float:
+    labels = {"method": "GET", "route": route, "status": status}
+    return value(samples, "http_requests_total", **labels)
+
+
+def send_traffic(base_url: str, rounds: int) -> None:
+    """`rounds` times: a route with an id, a fixed one, a 404 scan; each request
+    on a new connection, so that the workers take turns."""
+    for _ in range(rounds):
+        assert httpx.get(f"{base_url}/api/v1/items/{uuid.uuid4()}").status_code == 401
+        assert httpx.get(f"{base_url}/").status_code == 200
+        assert httpx.get(f"{base_url}/{uuid.uuid4().hex}.php").status_code == 404
+
+
+def assert_counted(samples: Samples, rounds: int) -> None:
+    assert served(samples, ITEM_ROUTE, "401") == rounds
+    assert served(samples, "/", "200") == rounds
+    assert served(samples, "unmatched", "404") == rounds
+    # No id and no scanned path became a label value.
+    expected = {ITEM_ROUTE, "/", "unmatched", HEALTH_ROUTE, "/metrics"}
+    assert label_values(samples, "route") <= expected
+
+
+def workers(server: subprocess.Popen[bytes]) -> list[int]:
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text()
+    return [int(pid) for pid in children.split()]
+
+
+def requests_of(metrics_dir: Path, pid: int) -> float:
+    """What one worker counted, from its own file."""
+    files = [str(metrics_dir / f"counter_{pid}.db")]
+    if not Path(files[0]).exists():
+        return 0
+    return sum(
+        sample.value
+        for family in MultiProcessCollector.merge(files)  # type: ignore[no-untyped-call]
+        for sample in family.samples
+        if sample.name == "http_requests_total"
+    )
+
+
+def test_metrics_sum_the_workers_and_survive_a_killed_one(
+    scratch_database_url: URL, tmp_path: Path
+) -> None:
+    """One scrape answers for both workers; a worker killed (SIGKILL) and
+    replaced loses none of its counts and counts nothing twice; its gauges
+    leave the sums."""
+    port = str(free_port())
+    metrics_dir = tmp_path / "metrics"
+    env = server_env(
+        scratch_database_url, PORT=port, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)
+    )
+    prestart(env)
+    command = [*GUNICORN, "-w", "2", "-b", f"127.0.0.1:{port}", "--no-control-socket"]
+    base_url = f"http://127.0.0.1:{port}"
+    with serving(command, env, tmp_path / "gunicorn.log") as server:
+        rounds = 0
+        while rounds < 200 and not all(
+            requests_of(metrics_dir, pid) for pid in workers(server)
+        ):
+            send_traffic(base_url, 10)
+            rounds += 10
+        assert all(requests_of(metrics_dir, pid) for pid in workers(server))
+        samples = scrape(base_url)
+        assert_counted(samples, rounds)
+        pool_size = value(samples, "db_pool_size")
+        assert pool_size == 2 * settings.DB_POOL_SIZE
+
+        killed = workers(server)[0]
+        os.kill(killed, signal.SIGKILL)
+        wait_until(
+            lambda: killed not in workers(server) and len(workers(server)) == 2,
+            30,
+            "gunicorn to replace the killed worker",
+        )
+        # The new worker has imported the app: its pool counts, the dead one's not.
+        wait_until(
+            lambda: value(scrape(base_url), "db_pool_size") == pool_size,
+            30,
+            "the pools of two live workers",
+        )
+        send_traffic(base_url, 10)
+        assert_counted(scrape(base_url), rounds + 10)
+
+
+def test_metrics_start_at_zero_on_every_start(
+    scratch_database_url: URL, tmp_path: Path
+) -> None:
+    """A restarted server does not count its predecessor's requests: a
+    directory given in PROMETHEUS_MULTIPROC_DIR is emptied at start; without
+    one, gunicorn.conf.py makes one of its own and removes it at exit."""
+    port = str(free_port())
+    base_url = f"http://127.0.0.1:{port}"
+    command = [*GUNICORN, "-w", "2", "-b", f"127.0.0.1:{port}", "--no-control-socket"]
+    temp = tmp_path / "tmp"  # the servers' temporary directory, no one else's
+    temp.mkdir()
+
+    def own_dirs() -> set[Path]:
+        return set(temp.glob("prometheus-multiproc-*"))
+
+    given = server_env(
+        scratch_database_url,
+        PORT=port,
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "m"),
+        TMPDIR=str(temp),
+    )
+    prestart(given)
+    default = {k: v for k, v in given.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    for env in (given, given, default):
+        before = own_dirs()
+        with serving(command, env, tmp_path / "gunicorn.log"):
+            send_traffic(base_url, 3)
+            assert_counted(scrape(base_url), 3)
+            made = own_dirs() - before
+            assert len(made) == (1 if env is default else 0)
+        assert own_dirs() == before

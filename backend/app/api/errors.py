@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from app.core import ratelimit, supabase
+from app.core import metrics, ratelimit, supabase
 from app.core.db import is_unavailability
 
 logger = logging.getLogger(__name__)
@@ -272,6 +272,7 @@ def document(*groups: Error | Iterable[Error], json_only: bool = False) -> Respo
 
 async def too_many_attempts(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ratelimit.TooManyAttempts)
+    metrics.RATE_LIMIT_REFUSALS.labels(rule=exc.rule.name).inc()
     detail = TooManyRequests.detail.replace("<Retry-After>", str(exc.retry_after))
     return JSONResponse(
         status_code=TooManyRequests.status_code,

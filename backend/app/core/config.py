@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     # Swagger UI, ReDoc and the OpenAPI document; unset: on, except in production.
     DOCS_ENABLED: bool | None = None
     SENTRY_DSN: HttpUrl | None = None
+    # GET /metrics (Prometheus) and the request metrics middleware; off: neither.
+    METRICS_ENABLED: bool = True
 
     # Auth. SECRET_KEY has no default: outside local it must be set.
     SECRET_KEY: str = ""

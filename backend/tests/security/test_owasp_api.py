@@ -214,12 +214,15 @@ def api_routes() -> list[ServedRoute]:
 
 
 # The docs pages and the assets the app serves itself (app/api/routes/docs.py):
-# HTML and scripts, outside the API and its OpenAPI document.
+# HTML and scripts, outside the API and its OpenAPI document; and the metrics
+# (app/api/routes/metrics.py), public to whoever reaches the backend directly:
+# Prometheus on the internal network, never through the proxy's routers.
 DOCS_PAGES = {
     "/docs",
     "/docs/oauth2-redirect",
     "/redoc",
     "/docs/static/redoc.standalone.js",
+    "/metrics",
 }
 
 
@@ -377,6 +380,7 @@ APP_PROBE = """
 import json, os, sys, warnings
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from sqlmodel import SQLModel
 warnings.simplefilter("ignore")
 configurations, origins = json.loads(sys.argv[1]), json.loads(sys.argv[2])
@@ -391,6 +395,8 @@ for configuration, environment in configurations.items():
     for module in [m for m in sys.modules if m == "app" or m.startswith("app.")]:
         del sys.modules[module]
     SQLModel.metadata.clear()  # the tables are defined again
+    for metric in set(REGISTRY._names_to_collectors.values()):  # and the metrics
+        REGISTRY.unregister(metric)
     from app.main import app
     client = TestClient(app)
     def cors(origin):

@@ -1,5 +1,6 @@
-from collections.abc import Callable
-from typing import Annotated
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Annotated, ParamSpec
 
 from fastapi import APIRouter, Depends, Form, Path
 from fastapi.responses import HTMLResponse
@@ -18,7 +19,7 @@ from app.api.deps import (
 from app.api.errors import AUTHENTICATED, BODY, DATABASE, SUPERUSER, document
 from app.api.limits import EmailRequestsDep, PasswordAttemptsDep
 from app.api.tokens import IssueTokens, token_response
-from app.core import security
+from app.core import metrics, ratelimit, security
 from app.models import (
     EmailAddress,
     EmailVerification,
@@ -40,6 +41,31 @@ VERIFICATION_MESSAGE = (
     "If that email is registered and not yet verified, we sent a verification link"
 )
 EmailPath = Annotated[EmailStr, Path(max_length=255)]
+P = ParamSpec("P")
+# Login failures by reason, a fixed set (metrics.LOGIN_FAILURES): unknown
+# emails and wrong passwords are one reason, as in the answer.
+LOGIN_FAILURE_REASONS: dict[type[Exception], str] = {
+    errors.IncorrectLogin: "bad_credentials",
+    ratelimit.TooManyAttempts: "rate_limited",
+    errors.InactiveUser: "inactive",
+    errors.EmailNotVerified: "unverified",
+}
+
+
+def count_logins(login: Callable[P, Awaitable[Token]]) -> Callable[P, Awaitable[Token]]:
+    """Count the logins of `login` that succeed, and those refused by reason."""
+
+    @functools.wraps(login)
+    async def counted(*args: P.args, **kwargs: P.kwargs) -> Token:
+        try:
+            token = await login(*args, **kwargs)
+        except tuple(LOGIN_FAILURE_REASONS) as refused:
+            metrics.LOGIN_FAILURES.labels(LOGIN_FAILURE_REASONS[type(refused)]).inc()
+            raise
+        metrics.LOGIN_SUCCESSES.inc()
+        return token
+
+    return counted
 
 
 async def link_user(
@@ -94,6 +120,7 @@ class LoginForm(OAuth2PasswordRequestForm):
         DATABASE,
     ),
 )
+@count_logins
 async def login_access_token(
     session: SessionDep,
     form_data: Annotated[LoginForm, Depends()],
