@@ -19,6 +19,12 @@ def is_prometheus_text(response: httpx.Response) -> bool:
 
 
 def test_metrics_are_not_served_through_the_public_entrypoints(stack: Stack) -> None:
+    # Each replica serves the app's metrics itself (Prometheus scrapes it there).
+    for replica in (1, 2):
+        direct = httpx.get(f"{stack.backend_url(replica)}/metrics", timeout=10)
+        assert direct.status_code == 200
+        assert "# TYPE http_requests_total counter" in direct.text
+
     # Traefik's own metrics are on its internal entrypoint, and nothing else is.
     traefik = httpx.get(stack.metrics_url, timeout=10)
     assert traefik.status_code == 200
@@ -51,35 +57,55 @@ def send(client: httpx.Client, path: str, times: int, status: int) -> None:
         assert client.get(path).status_code == status, path
 
 
+def scrapes_after(url: str, since: float) -> dict[str, dict[str, float]]:
+    """Each job's latest scrape times by instance, once all are after `since`."""
+    return {
+        job: prometheus.wait_for_scrape_after(url, job, since)
+        for job in ("backend", "traefik")
+    }
+
+
 def test_prometheus_counts_the_traffic_sent_by_route(stack: Stack) -> None:
+    """Prometheus scrapes both replicas (each sums its 2 gunicorn workers) and
+    Traefik: the requests sent through the proxy come back by route template
+    and by router, exactly."""
     url = stack.prometheus_url
-    prometheus.wait_for_targets_up(url, {"traefik": 1}, timeout=30)
+    prometheus.wait_for_targets_up(url, {"backend": 2, "traefik": 1}, timeout=30)
     item = f"/api/v1/items/{uuid.uuid4()}"
-    traffic = {item: 7, "/api/v1/users/me": 5}
-    sent = sum(traffic.values())
+    traffic = {
+        "/api/v1/items/{id}": (item, 7),
+        "/api/v1/users/me": ("/api/v1/users/me", 5),
+    }
+    sent = sum(times for _, times in traffic.values())
     with httpx.Client(base_url=stack.url, timeout=10) as proxy:
-        # Each series exists before the counted traffic (a counter's first
-        # sample is no increase); a scrape of that state is the baseline.
-        for path in traffic:
+        # Each series exists before the counted traffic, on each replica (a
+        # counter's first sample is no increase); a scrape of that state is
+        # the baseline.
+        for path, _ in traffic.values():
             send(proxy, path, 1, 401)
-        (first,) = prometheus.wait_for_scrape_after(
-            url, "traefik", time.time()
-        ).values()
+            for replica in (1, 2):
+                assert (
+                    httpx.get(f"{stack.backend_url(replica)}{path}").status_code == 401
+                )
+        first = scrapes_after(url, time.time())
         baseline = time.time()
-        for path, times in traffic.items():
+        for path, times in traffic.values():
             send(proxy, path, times, 401)
         send(proxy, "/not-routed", 3, 404)
-        (last,) = prometheus.wait_for_scrape_after(url, "traefik", time.time()).values()
+        last = scrapes_after(url, time.time())
 
-    # The request rate by router as an operator asks for it, over the window
-    # from the baseline scrape to the last one: increase() extrapolates to the
-    # window's edges, nothing to extrapolate when they are scrapes.
-    counter = "traefik_router_requests_total"
-    window = f"{round((last - first) * 1000)}ms"
-    increase = prometheus.query(
-        url, f"sum by (router) (increase({counter}[{window}] @ {last}))"
+    # The request rate by route (the app) and by router (Traefik), as an
+    # operator asks for it, over the window between those scrapes.
+    app = 'http_requests_total{job="backend",status="401"}'
+    routes = prometheus.increase_by(
+        url, "route", app, first["backend"], last["backend"]
     )
-    assert prometheus.counts("router", increase) == {ROUTER: sent}
+    assert routes == {route: times for route, (_, times) in traffic.items()}
+    proxy_series = 'traefik_router_requests_total{job="traefik",code="401"}'
+    routers = prometheus.increase_by(
+        url, "router", proxy_series, first["traefik"], last["traefik"]
+    )
+    assert routers == {ROUTER: sent}
 
     # By status at the entrypoint (Traefik's 404s never reach a router).
     entrypoint = 'traefik_entrypoint_requests_total{entrypoint="web"}'

@@ -68,3 +68,25 @@ def wait_for_scrape_after(
         return found if found and min(found.values()) > since else None
 
     return wait_until(scraped, timeout, what=f"a scrape of {job}", interval=0.2)
+
+
+def increase_by(
+    url: str,
+    label: str,
+    series: str,
+    first: dict[str, float],
+    last: dict[str, float],
+) -> dict[str, float]:
+    """`sum by (label) (increase(metric{matchers}[window]))` for each target from
+    its scrape at `first` to its scrape at `last` (times by instance), added up.
+    Exact: increase() extrapolates to the window's edges, and there are scrapes
+    there. `series` is `metric{matchers}`."""
+    metric, matchers = series.rstrip("}").split("{", 1)
+    total: dict[str, float] = {}
+    for instance, end in last.items():
+        window = f"{round((end - first[instance]) * 1000)}ms"
+        selector = f'{metric}{{{matchers},instance="{instance}"}}[{window}] @ {end}'
+        found = counts(label, query(url, f"sum by ({label}) (increase({selector}))"))
+        for key, value in found.items():
+            total[key] = total.get(key, 0) + value
+    return total
