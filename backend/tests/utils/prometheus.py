@@ -90,3 +90,30 @@ def increase_by(
         for key, value in found.items():
             total[key] = total.get(key, 0) + value
     return total
+
+
+def scrapes_after(
+    url: str, since: float, timeout: float = 15
+) -> dict[str, dict[str, float]]:
+    """The latest scrape times of the jobs `backend` and `traefik`, by instance,
+    once every target's is after `since`."""
+    return {
+        job: wait_for_scrape_after(url, job, since, timeout)
+        for job in ("backend", "traefik")
+    }
+
+
+def answered_between(
+    url: str,
+    status: int,
+    first: dict[str, dict[str, float]],
+    last: dict[str, dict[str, float]],
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The requests answered with `status` between two `scrapes_after`: by route
+    template (the app's replicas) and by router (Traefik)."""
+    app = f'http_requests_total{{job="backend",status="{status}"}}'
+    proxy = f'traefik_router_requests_total{{job="traefik",code="{status}"}}'
+    return (
+        increase_by(url, "route", app, first["backend"], last["backend"]),
+        increase_by(url, "router", proxy, first["traefik"], last["traefik"]),
+    )
