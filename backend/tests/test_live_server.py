@@ -304,17 +304,21 @@ def workers(server: subprocess.Popen[bytes]) -> list[int]:
     return [int(pid) for pid in children.split()]
 
 
-def requests_of(metrics_dir: Path, pid: int) -> float:
-    """What one worker counted, from its own file."""
-    files = [str(metrics_dir / f"counter_{pid}.db")]
-    if not Path(files[0]).exists():
+def worker_value(metrics_dir: Path, file: str, pid: int, name: str) -> float:
+    """One worker's own value of `name`, from its file (`counter`, `gauge_livesum`)."""
+    path = metrics_dir / f"{file}_{pid}.db"
+    if not path.exists():
         return 0
     return sum(
         sample.value
-        for family in MultiProcessCollector.merge(files)  # type: ignore[no-untyped-call]
+        for family in MultiProcessCollector.merge([str(path)])  # type: ignore[no-untyped-call]
         for sample in family.samples
-        if sample.name == "http_requests_total"
+        if sample.name == name
     )
+
+
+def requests_of(metrics_dir: Path, pid: int) -> float:
+    return worker_value(metrics_dir, "counter", pid, "http_requests_total")
 
 
 def test_metrics_sum_the_workers_and_survive_a_killed_one(
@@ -344,19 +348,25 @@ def test_metrics_sum_the_workers_and_survive_a_killed_one(
         pool_size = value(samples, "db_pool_size")
         assert pool_size == 2 * settings.DB_POOL_SIZE
 
-        killed = workers(server)[0]
+        pids = workers(server)
+        killed = pids[0]
         os.kill(killed, signal.SIGKILL)
         wait_until(
             lambda: killed not in workers(server) and len(workers(server)) == 2,
             30,
             "gunicorn to replace the killed worker",
         )
-        # The new worker has imported the app: its pool counts, the dead one's not.
+        (replacement,) = set(workers(server)) - set(pids)
         wait_until(
-            lambda: value(scrape(base_url), "db_pool_size") == pool_size,
+            lambda: (
+                worker_value(metrics_dir, "gauge_livesum", replacement, "db_pool_size")
+                > 0
+            ),
             30,
-            "the pools of two live workers",
+            "the new worker's pool",
         )
+        # The new worker's pool counts, the dead one's no longer.
+        assert value(scrape(base_url), "db_pool_size") == pool_size
         send_traffic(base_url, 10)
         assert_counted(scrape(base_url), rounds + 10)
 
