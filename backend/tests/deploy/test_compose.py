@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.utils.compose_config import (
     REPO,
@@ -31,6 +32,18 @@ def base() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def development() -> dict[str, Any]:
     return config("docker-compose.yml", "docker-compose.override.yml")
+
+
+@pytest.fixture(scope="module")
+def monitoring() -> dict[str, Any]:
+    return config("docker-compose.yml", profiles=("monitoring",))
+
+
+@pytest.fixture(scope="module")
+def scrape_jobs() -> dict[str, dict[str, Any]]:
+    """prometheus/prometheus.yml's scrape jobs, by name."""
+    loaded = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
+    return {job["job_name"]: job for job in loaded["scrape_configs"]}
 
 
 def published_ports(service: dict[str, Any]) -> set[int]:
@@ -169,6 +182,81 @@ class TestBase:
             base["services"]["backend"]["environment"]["FORWARDED_ALLOW_IPS"]
             == proxy_ip
         )
+
+
+METRICS_FLAGS = [
+    "--entryPoints.metrics.address=:8082",
+    "--entryPoints.metrics.http.aliasHeadersStrategy=delete",
+    "--metrics.prometheus=true",
+    "--metrics.prometheus.entryPoint=metrics",
+    "--metrics.prometheus.addRoutersLabels=true",
+]
+
+
+class TestMonitoring:
+    """Traefik's metrics entrypoint and the `monitoring` profile's Prometheus."""
+
+    def test_prometheus_runs_only_with_its_profile(
+        self, base: dict[str, Any], monitoring: dict[str, Any]
+    ) -> None:
+        assert "prometheus" not in base["services"]
+        assert set(monitoring["services"]) == set(base["services"]) | {"prometheus"}
+
+    @pytest.mark.parametrize(
+        "files",
+        [
+            ("docker-compose.yml",),
+            ("docker-compose.yml", "docker-compose.override.yml"),
+        ],
+    )
+    def test_traefik_metrics_entrypoint_is_never_published(
+        self, files: tuple[str, ...]
+    ) -> None:
+        proxy = config(*files, profiles=("monitoring",))["services"]["proxy"]
+        command = proxy["command"]
+        assert [flag for flag in command if "metrics" in flag] == METRICS_FLAGS
+        assert {int(port["target"]) for port in proxy["ports"]}.isdisjoint({8082})
+
+    def test_prometheus_publishes_nothing_in_production(
+        self, monitoring: dict[str, Any]
+    ) -> None:
+        publishing = {
+            name
+            for name, service in monitoring["services"].items()
+            if service.get("ports")
+        }
+        assert publishing == {"proxy"}
+        development = config(
+            "docker-compose.yml",
+            "docker-compose.override.yml",
+            profiles=("monitoring",),
+        )
+        (port,) = development["services"]["prometheus"]["ports"]
+        assert (port["host_ip"], port["published"], port["target"]) == (
+            "127.0.0.1", "9090", 9090,
+        )  # fmt: skip
+
+    def test_prometheus_scrapes_every_replica_and_the_metrics_entrypoint(
+        self, monitoring: dict[str, Any], scrape_jobs: dict[str, dict[str, Any]]
+    ) -> None:
+        services = monitoring["services"]
+        labels = services["backend"]["labels"]
+        (backend,) = scrape_jobs["backend"]["dns_sd_configs"]
+        assert backend["names"] == ["backend"]
+        assert (
+            str(backend["port"])
+            == labels["traefik.http.services.backend.loadbalancer.server.port"]
+        )
+        (traefik,) = scrape_jobs["traefik"]["static_configs"]
+        assert traefik["targets"] == ["proxy:8082"]
+
+        prometheus = services["prometheus"]
+        mounts = {v["target"]: v for v in prometheus["volumes"]}
+        assert mounts["/etc/prometheus"]["source"] == str(REPO / "prometheus")
+        assert mounts["/etc/prometheus"]["read_only"] is True
+        # The image's VOLUME: no anonymous volume beside the named one.
+        assert mounts["/prometheus"]["type"] == "volume"
+        assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
 
 
 class TestDevelopment:

@@ -93,9 +93,12 @@ def dockerfile_cmd() -> list[str]:
     return cmd
 
 
+# gunicorn's (gunicorn.conf.py's), read by the API's pods only.
+GUNICORN_VARIABLES = {"WEB_CONCURRENCY", "PROMETHEUS_MULTIPROC_DIR"}
+
+
 def settings_variables(spec: dict[str, Any]) -> list[dict[str, str]]:
-    # WEB_CONCURRENCY is gunicorn's, read by the API's pods only.
-    return [var for var in spec["env"] if var["name"] != "WEB_CONCURRENCY"]
+    return [var for var in spec["env"] if var["name"] not in GUNICORN_VARIABLES]
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -335,6 +338,20 @@ class TestSecurity:
         (volume,) = (v for v in spec["volumes"] if v["name"] == tmp["name"])
         assert "emptyDir" in volume and not tmp.get("readOnly")
 
+    def test_metrics_files_go_to_a_writable_volume_on_disk(self) -> None:
+        """prometheus-client's multiprocess files (gunicorn.conf.py): a directory
+        of their own, not the memory-backed /tmp, where they would count against
+        the memory limit and outgrow it as workers restart."""
+        variables = {var["name"]: var["value"] for var in BACKEND_CONTAINER["env"]}
+        directory = variables["PROMETHEUS_MULTIPROC_DIR"]
+        (mount,) = (
+            m for m in BACKEND_CONTAINER["volumeMounts"] if m["mountPath"] == directory
+        )
+        spec = POD_TEMPLATES["backend"]["spec"]
+        (volume,) = (v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert not mount.get("readOnly")
+        assert "medium" not in volume["emptyDir"] and volume["emptyDir"]["sizeLimit"]
+
     def test_every_container_has_requests_and_limits(self) -> None:
         for pod in POD_TEMPLATES:
             resources = container(pod)["resources"]
@@ -384,6 +401,11 @@ class TestRouting:
             )
         }
         assert paths == compose_paths
+        # The app's /metrics is scraped from each pod, never served by the Ingress.
+        assert not any(
+            path == "/metrics" if kind == "Exact" else path in ("/", "/metrics")
+            for kind, path in paths
+        )
 
     def test_disruption_budget_and_autoscaler_keep_a_backend_up(self) -> None:
         labels = POD_TEMPLATES["backend"]["metadata"]["labels"]

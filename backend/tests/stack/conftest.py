@@ -31,7 +31,14 @@ def stack(
     stack_database_url: URL, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     state_dir = tmp_path_factory.mktemp("stack")
-    with running(new_stack(state_dir, stack_database_url)) as started:
+    # Prometheus scrapes every second: tests/stack/test_metrics.py queries it.
+    settings = new_stack(
+        state_dir,
+        stack_database_url,
+        STACK_PROMETHEUS="true",
+        STACK_SCRAPE_INTERVAL="1s",
+    )
+    with running(settings) as started:
         yield started
 
 

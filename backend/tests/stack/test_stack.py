@@ -454,6 +454,7 @@ def production_proxy(stack: Stack, tmp_path: Path) -> Iterator[dict[str, Any]]:
     loopback ports) and PROXY_HTTPS=true, in front of the same replicas. The ACME
     server is a closed local port: Traefik serves its default certificate."""
     http_port, https_port, adminer_port = free_port(), free_port(), free_port()
+    metrics_port = free_port()
     password = "dashboard-password"
     flags = [
         "--global.checkNewVersion=false",
@@ -468,6 +469,10 @@ def production_proxy(stack: Stack, tmp_path: Path) -> Iterator[dict[str, Any]]:
         "--entryPoints.websecure.http.aliasHeadersStrategy=delete",
         f"--entryPoints.adminer.address=127.0.0.1:{adminer_port}",
         "--entryPoints.adminer.http.aliasHeadersStrategy=delete",
+        f"--entryPoints.metrics.address=127.0.0.1:{metrics_port}",
+        "--entryPoints.metrics.http.aliasHeadersStrategy=delete",
+        "--metrics.prometheus=true",
+        "--metrics.prometheus.entryPoint=metrics",
         "--api.dashboard=true",
         "--api.basePath=/traefik",
         f"--providers.file.directory={REPO_DIR / 'traefik' / 'dynamic'}",
@@ -500,6 +505,7 @@ def production_proxy(stack: Stack, tmp_path: Path) -> Iterator[dict[str, Any]]:
             "http": f"http://{DOMAIN}:{http_port}",
             "https": f"https://{DOMAIN}:{https_port}",
             "adminer": f"https://{DOMAIN}:{adminer_port}",
+            "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
             "auth": ("admin", password),
             "log": tmp_path / "traefik.log",
         }
@@ -527,6 +533,18 @@ def test_production_routing_over_https(production_proxy: dict[str, Any]) -> None
         assert (
             https.get("/api/v1/users/me", headers=headers).json()["email"]
             == (SUPERUSER[0])
+        )
+
+        # Metrics: Traefik's own on the internal entrypoint; no router for
+        # /metrics on websecure (web redirects every path there).
+        assert (
+            "traefik_entrypoint_requests_total"
+            in httpx.get(production_proxy["metrics"]).text
+        )
+        not_routed = https.get("/metrics")
+        assert (not_routed.status_code, not_routed.text) == (
+            404,
+            "404 page not found\n",
         )
 
         # The dashboard: under /traefik, behind basic auth, never on plain HTTP.

@@ -43,6 +43,7 @@ STANDINS = [
     ("traefik.Dockerfile", "traefik:v3.7"),
     ("adminer.Dockerfile", "adminer:4"),
     ("mailpit.Dockerfile", "axllent/mailpit:v1.27"),
+    ("prometheus.Dockerfile", "prom/prometheus:v2.53.0"),
     # Not a stand-in: Pebble for acme-pebble.yml only.
     ("pebble.Dockerfile", "standin/pebble:2.4.0"),
 ]
@@ -313,7 +314,7 @@ def stack(
     """A project directory like a checkout; `down -v` and a check that the
     project left nothing behind at the end."""
     for linked in ("docker-compose.yml", "docker-compose.override.yml", "backend",
-                   "traefik"):  # fmt: skip
+                   "traefik", "prometheus"):  # fmt: skip
         (directory / linked).symlink_to(REPO / linked)
     for extra in [*files, ports_file]:  # this package's test-only files
         if (HERE / extra).is_file():

@@ -15,12 +15,17 @@ COMPOSE_BINARY = Path(compose.__file__).parent / "docker-compose"
 
 
 def run_compose(
-    *files: str, env_file: Path | None = None, project_directory: Path | None = REPO
+    *files: str,
+    env_file: Path | None = None,
+    project_directory: Path | None = REPO,
+    profiles: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """`config` of `files` (paths in the repository). Without a project
-    directory, relative paths are the first file's, as `docker stack deploy`
-    reads them."""
+    """`config` of `files` (paths in the repository), with the services of
+    `profiles` too. Without a project directory, relative paths are the first
+    file's, as `docker stack deploy` reads them."""
     args = [str(COMPOSE_BINARY)]
+    for profile in profiles:
+        args += ["--profile", profile]
     if project_directory is not None:
         args += ["--project-directory", str(project_directory)]
     for file in files:

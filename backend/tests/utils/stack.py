@@ -1,5 +1,6 @@
 """The stack of scripts/stack.sh (Traefik in front of two backend replicas, Adminer,
-an SMTP sink): starting it, stopping it, checking no process it started is left."""
+an SMTP sink, Prometheus if asked): starting it, stopping it, checking no process
+it started is left."""
 
 import os
 import subprocess
@@ -27,6 +28,8 @@ class Stack:
     https_port: int
     adminer_port: int
     dashboard_port: int
+    metrics_url: str  # Traefik's own metrics, on its internal entrypoint
+    prometheus_url: str  # Prometheus, when STACK_PROMETHEUS is true
     backend_ports: tuple[int, int]
     smtp_port: int
     database_url: URL
@@ -44,6 +47,12 @@ class Stack:
     @property
     def dashboard_url(self) -> str:
         return f"http://{DOMAIN}:{self.dashboard_port}"
+
+    @property
+    def processes(self) -> tuple[str, ...]:
+        """The names of the processes stack.sh starts with these settings."""
+        prometheus = self.env.get("STACK_PROMETHEUS") == "true"
+        return (*PROCESSES, "prometheus") if prometheus else PROCESSES
 
     def backend_url(self, replica: int) -> str:
         """One replica directly, without the proxy."""
@@ -92,7 +101,7 @@ def new_stack(
 ) -> Stack:
     """The settings of a stack on free loopback ports (or the given proxy ports),
     with `settings` (environment variables) added."""
-    ports = [free_port() for _ in range(6)]
+    ports = [free_port() for _ in range(8)]
     proxy_port = proxy_port or free_port()
     https_port = https_port or free_port()
     return Stack(
@@ -101,6 +110,8 @@ def new_stack(
         https_port=https_port,
         adminer_port=ports[0],
         dashboard_port=ports[1],
+        metrics_url=f"http://127.0.0.1:{ports[6]}/metrics",
+        prometheus_url=f"http://127.0.0.1:{ports[7]}",
         backend_ports=(ports[2], ports[3]),
         smtp_port=ports[4],
         database_url=database_url,
@@ -115,6 +126,8 @@ def new_stack(
             "STACK_BACKEND_PORTS": f"{ports[2]} {ports[3]}",
             "STACK_SMTP_PORT": str(ports[4]),
             "STACK_ADMINER_PHP_PORT": str(ports[5]),
+            "STACK_METRICS_PORT": str(ports[6]),
+            "STACK_PROMETHEUS_PORT": str(ports[7]),
             "STACK_HEALTHCHECK_INTERVAL": "1s",
             # Retries are logged at DEBUG only (not in the access log's RetryAttempts).
             "STACK_TRAEFIK_LOG_LEVEL": "DEBUG",
@@ -145,13 +158,13 @@ def running(stack: Stack) -> Iterator[Stack]:
         )
         groups = {
             int((state_dir / f"{name}.pid").read_text().split()[0])
-            for name in PROCESSES
+            for name in stack.processes
             if (state_dir / f"{name}.pid").exists()
         }
         assert started.returncode == 0, (
             f"stack.sh start failed:\n{started.stdout}\n{started.stderr}"
         )
-        assert groups == {stack.pid(name) for name in PROCESSES}
+        assert groups == {stack.pid(name) for name in stack.processes}
         yield stack
     finally:
         stopped = subprocess.run(
