@@ -119,7 +119,7 @@ def test_metrics_are_not_served_through_the_published_ports() -> None:
 def test_prometheus_scrapes_the_backend_workers_and_traefik(
     client: httpx.Client,
 ) -> None:
-    """prometheus/prometheus.yml on the compose network: the backend (found by
+    """docker-compose.yml's `prometheus` config on the compose network: the backend (found by
     Docker's DNS, its 2 gunicorn workers summed) and proxy:8082. Requests sent
     through Traefik come back by route from Prometheus's HTTP API."""
     prometheus.wait_for_targets_up(PROMETHEUS, {"backend": 1, "traefik": 1}, 60)

@@ -40,9 +40,9 @@ def monitoring() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def scrape_jobs() -> dict[str, dict[str, Any]]:
-    """prometheus/prometheus.yml's scrape jobs, by name."""
-    loaded = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
+def scrape_jobs(monitoring: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The scrape jobs of docker-compose.yml's `prometheus` config, by name."""
+    loaded = yaml.safe_load(monitoring["configs"]["prometheus"]["content"])
     return {job["job_name"]: job for job in loaded["scrape_configs"]}
 
 
@@ -251,12 +251,12 @@ class TestMonitoring:
         assert traefik["targets"] == ["proxy:8082"]
 
         prometheus = services["prometheus"]
+        (config,) = prometheus["configs"]
+        assert config["source"] == "prometheus"
         mounts = {v["target"]: v for v in prometheus["volumes"]}
-        assert mounts["/etc/prometheus"]["source"] == str(REPO / "prometheus")
-        assert mounts["/etc/prometheus"]["read_only"] is True
         # The image's VOLUME: no anonymous volume beside the named one.
         assert mounts["/prometheus"]["type"] == "volume"
-        assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+        assert f"--config.file={config['target']}" in prometheus["command"]
 
 
 class TestDevelopment:
