@@ -124,7 +124,7 @@ def test_debugpy_attaches_and_stops_at_a_breakpoint_in_a_route(
     development: Stack,
 ) -> None:
     login = ROUTES / "login.py"
-    line = line_of(login, "    counted = await attempts.start(form_data.username)")
+    line = line_of(login, "    user = await crud.authenticate(")
     launch = json.loads((REPO / ".vscode" / "launch.json").read_text())
     (attach,) = [c for c in launch["configurations"]
                  if c["name"] == "Attach to backend in Docker"]  # fmt: skip
