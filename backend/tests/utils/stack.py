@@ -149,13 +149,21 @@ def running(stack: Stack) -> Iterator[Stack]:
     state_dir = stack.state_dir
     groups: set[int] = set()
     try:
-        started = subprocess.run(
-            ["bash", str(STACK_SH), "start"],
-            env=stack.env,
-            capture_output=True,
-            text=True,
-            timeout=150,
-        )
+        try:
+            started = subprocess.run(
+                ["bash", str(STACK_SH), "start"],
+                env=stack.env,
+                capture_output=True,
+                text=True,
+                timeout=150,
+            )
+        except subprocess.TimeoutExpired as hung:
+            logs = {
+                log.name: log.read_text()[-2000:] for log in state_dir.glob("*.log")
+            }
+            raise AssertionError(
+                f"stack.sh start hung: {hung.stderr!s}\n{logs}"
+            ) from hung
         groups = {
             int((state_dir / f"{name}.pid").read_text().split()[0])
             for name in stack.processes
