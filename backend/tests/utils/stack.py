@@ -143,35 +143,49 @@ def new_stack(
     )
 
 
+def tail(text: str, lines: int) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
 @contextmanager
 def running(stack: Stack) -> Iterator[Stack]:
     """`stack.sh start`, then `stop` with a check that no process it started is left."""
     state_dir = stack.state_dir
     groups: set[int] = set()
     try:
-        try:
-            started = subprocess.run(
-                ["bash", str(STACK_SH), "start"],
-                env=stack.env,
-                capture_output=True,
-                text=True,
-                timeout=150,
+        # Output to a file, not a pipe that a process left behind could hold open;
+        # the trace (-x) apart, shown on a hang: the line it stopped on.
+        output = state_dir.with_name(f"{state_dir.name}-start.log")
+        trace = state_dir.with_name(f"{state_dir.name}-start.trace")
+        with output.open("w") as log_file, trace.open("w") as trace_file:
+            starting = subprocess.Popen(
+                ["bash", "-x", str(STACK_SH), "start"],
+                env={**stack.env, "BASH_XTRACEFD": str(trace_file.fileno())},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                pass_fds=[trace_file.fileno()],
             )
-        except subprocess.TimeoutExpired as hung:
-            logs = {
-                log.name: log.read_text()[-2000:] for log in state_dir.glob("*.log")
-            }
-            raise AssertionError(
-                f"stack.sh start hung: {hung.stderr!s}\n{logs}"
-            ) from hung
+            try:
+                returncode = starting.wait(timeout=150)
+            except subprocess.TimeoutExpired:
+                processes = subprocess.run(
+                    ["ps", "-eo", "pid,ppid,pgid,etimes,stat,wchan:24,args", "--forest"],
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                starting.kill()
+                starting.wait()
+                raise AssertionError(
+                    f"stack.sh start hung:\n{output.read_text()}\n"
+                    f"last traced lines:\n{tail(trace.read_text(), 40)}\n{processes}"
+                ) from None
+        started_output = output.read_text()
         groups = {
             int((state_dir / f"{name}.pid").read_text().split()[0])
             for name in stack.processes
             if (state_dir / f"{name}.pid").exists()
         }
-        assert started.returncode == 0, (
-            f"stack.sh start failed:\n{started.stdout}\n{started.stderr}"
-        )
+        assert returncode == 0, f"stack.sh start failed:\n{started_output}"
         assert groups == {stack.pid(name) for name in stack.processes}
         yield stack
     finally:
