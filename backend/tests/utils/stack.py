@@ -169,7 +169,12 @@ def running(stack: Stack) -> Iterator[Stack]:
                 returncode = starting.wait(timeout=150)
             except subprocess.TimeoutExpired:
                 processes = subprocess.run(
-                    ["ps", "-eo", "pid,ppid,pgid,etimes,stat,wchan:24,args", "--forest"],
+                    [
+                        "ps",
+                        "-eo",
+                        "pid,ppid,pgid,etimes,stat,wchan:24,args",
+                        "--forest",
+                    ],
                     capture_output=True,
                     text=True,
                 ).stdout
