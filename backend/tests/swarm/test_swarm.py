@@ -241,3 +241,9 @@ async def test_killed_replica_is_replaced(
         and killed[0] - 1 <= w.started <= killed[0] + IN_FLIGHT
         for w in failed
     ), (killed, failed)
+    # The killed replica leaves the rotation at its first failure (Traefik's
+    # passive health check), not at the next active check up to 8 s later: at
+    # most one request per writer waited out a dial to its address, none twice.
+    waited = [w for w in writes if w.seconds >= DIAL_TIMEOUT]
+    assert len(waited) <= WRITERS, waited
+    assert all(w.seconds < 2 * DIAL_TIMEOUT for w in waited), waited
