@@ -40,6 +40,10 @@ def do_run_migrations(connection: Connection) -> None:
         include_name=include_name,
         # SQLite can only ALTER a table by copying it: batch mode does that.
         render_as_batch=connection.dialect.name == "sqlite",
+        # All migrations in one transaction on SQLite too (its DDL is
+        # transactional; Alembic assumes not and commits after each one, which
+        # let concurrent starts interleave: "duplicate column name").
+        transactional_ddl=True,
     )
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":
