@@ -124,9 +124,9 @@ def test_debugpy_attaches_and_stops_at_a_breakpoint_in_a_route(
     development: Stack,
 ) -> None:
     login = ROUTES / "login.py"
-    # Not on an `await` line: a coroutine resuming there stops a second time.
-    # Not an `await` that suspends: a breakpoint there (crud.authenticate) held
-    # the request past one `continue` (seen failing; this line passes).
+    # Not on an `await` line: a coroutine stops there again when it resumes, and
+    # on one that suspends (crud.authenticate) one `continue` left the request
+    # held (seen failing; this line passes).
     line = line_of(login, "        raise errors.IncorrectLogin()")
     launch = json.loads((REPO / ".vscode" / "launch.json").read_text())
     (attach,) = [c for c in launch["configurations"]
